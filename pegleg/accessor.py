@@ -1,0 +1,65 @@
+"""The ``Dataset.pegleg`` accessor: a thin facade over pegleg's public functions.
+
+Every step method returns a **new** Dataset (inputs are never modified) that records
+itself in ``attrs['pegleg_history']``.  Registered when ``import pegleg`` runs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import xarray as xr
+
+from . import schema
+
+__all__ = ["PeglegAccessor"]
+
+
+@xr.register_dataset_accessor("pegleg")
+class PeglegAccessor:
+    """pegleg methods on an :class:`xarray.Dataset` (``ds.pegleg.<method>``)."""
+
+    def __init__(self, ds: xr.Dataset):
+        self._ds = ds
+
+    # -- information -------------------------------------------------------
+    @property
+    def bands(self) -> list[str]:
+        """Band names in order."""
+        return [str(b) for b in self._ds[schema.BAND].values]
+
+    @property
+    def pixel_scale(self) -> float:
+        """Pixel scale in arcsec/pixel."""
+        return float(self._ds.attrs[schema.PIXEL_SCALE])
+
+    @property
+    def history(self) -> list[dict]:
+        """The processing history: a list of ``{"step", "parameters", "pegleg_version", "time"}``."""
+        return schema.read_history(self._ds)
+
+    @property
+    def wcs(self):
+        """The celestial WCS (``astropy.wcs.WCS``) of the pixel grid, or None if there is none."""
+        text = self._ds.attrs.get(schema.WCS_ATTR)
+        return None if text is None else schema.wcs_from_text(text)
+
+    # -- checks and I/O ----------------------------------------------------
+    def validate(self) -> xr.Dataset:
+        """Check the Dataset against pegleg's data model (:func:`pegleg.validate`)."""
+        return schema.validate(self._ds)
+
+    def to_netcdf(self, path: str | os.PathLike, *, compress: bool = True) -> Path:
+        """Write atomically to NetCDF (:func:`pegleg.io.to_netcdf`); read back with :func:`pegleg.open_dataset`."""
+        from .io.netcdf import to_netcdf
+
+        return to_netcdf(self._ds, path, compress=compress)
+
+    # -- figures -----------------------------------------------------------
+    @property
+    def plot(self):
+        """Figure functions bound to this Dataset (``ds.pegleg.plot.stamps()``, ...)."""
+        from .plot import PlotMethods
+
+        return PlotMethods(self._ds)

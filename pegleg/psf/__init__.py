@@ -1,0 +1,1 @@
+"""Point-spread functions: analytic models, preparation of PSF images, measurements."""

@@ -1,0 +1,572 @@
+"""pegleg's data model: the one place that names variables, dimensions, units and attributes.
+
+A *stamp Dataset* holds multi-band postage stamps of one galaxy:
+
+========================  =====================  ==========================================
+variable                  dims                   meaning
+========================  =====================  ==========================================
+``image``                 band, y, x             flux per pixel (``units``, default ``uJy``)
+``error``                 band, y, x             1-sigma uncertainty, same unit, > 0 where
+                                                 not masked
+``mask``                  band, y, x             bool, True = do not use this pixel
+``psf``                   band, psf_y, psf_x     PSF at the image pixel scale, odd size,
+                                                 centred, sum 1
+``segmentation``          y, x                   optional int labels, 0 = sky
+========================  =====================  ==========================================
+
+Coordinates: ``band`` (str), ``wavelength`` (band; pivot wavelength, micron), ``y``,
+``x`` (pixel index), ``psf_y``, ``psf_x`` (pixel offset from the PSF centre).
+Attributes: ``pixel_scale`` (arcsec/pixel), ``resolution``, ``pegleg_history`` (JSON),
+and optionally ``redshift``, ``wcs`` (FITS header text) and ``source_id``.
+
+Everything else in pegleg imports these names from here.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from . import filters as _filters
+from ._version import __version__
+from .exceptions import PeglegWarning, PSFError, SchemaError
+
+__all__ = [
+    "BAND", "Y", "X", "PSF_Y", "PSF_X",
+    "IMAGE", "ERROR", "MASK", "PSF", "SEGMENTATION", "WAVELENGTH",
+    "PIXEL_SCALE", "REDSHIFT", "WCS_ATTR", "RESOLUTION", "HISTORY", "SOURCE_ID",
+    "VARIABLES", "RESOLUTIONS",
+    "from_arrays", "validate", "check_flux_unit", "check_psf_array",
+    "append_history", "read_history", "set_attrs", "wcs_to_text", "wcs_from_text",
+    "image_units", "PSF_CENTRE_TOLERANCE", "PSF_SUM_TOLERANCE",
+]
+
+# ---------------------------------------------------------------------------
+# names
+# ---------------------------------------------------------------------------
+BAND, Y, X, PSF_Y, PSF_X = "band", "y", "x", "psf_y", "psf_x"
+IMAGE, ERROR, MASK, PSF, SEGMENTATION = "image", "error", "mask", "psf", "segmentation"
+WAVELENGTH = "wavelength"
+
+PIXEL_SCALE = "pixel_scale"
+REDSHIFT = "redshift"
+WCS_ATTR = "wcs"
+RESOLUTION = "resolution"
+HISTORY = "pegleg_history"
+SOURCE_ID = "source_id"
+
+#: Allowed values (or prefixes, before ``:``) of the ``resolution`` attribute.
+RESOLUTIONS = ("observed", "matched", "deconvolved")
+
+#: The marker for "same unit as ``image``" in :data:`VARIABLES`.
+IMAGE_UNIT = "<image>"
+
+#: name -> (dims, units, long_name) of every variable pegleg writes.  ``units`` of
+#: ``IMAGE_UNIT`` means "the flux unit of the ``image`` variable".
+VARIABLES: dict[str, tuple[tuple[str, ...], str, str]] = {
+    IMAGE: ((BAND, Y, X), IMAGE_UNIT, "flux per pixel"),
+    ERROR: ((BAND, Y, X), IMAGE_UNIT, "1-sigma flux uncertainty per pixel"),
+    MASK: ((BAND, Y, X), "1", "pixel not used (True = masked)"),
+    PSF: ((BAND, PSF_Y, PSF_X), "1", "point-spread function at the image pixel scale (sum 1)"),
+    SEGMENTATION: ((Y, X), "1", "segmentation labels (0 = sky)"),
+}
+
+_COORD_ATTRS = {
+    BAND: {"long_name": "filter name", "units": "1"},
+    WAVELENGTH: {"long_name": "filter pivot wavelength", "units": "um"},
+    Y: {"long_name": "pixel row index", "units": "pixel"},
+    X: {"long_name": "pixel column index", "units": "pixel"},
+    PSF_Y: {"long_name": "PSF row offset from centre", "units": "pixel"},
+    PSF_X: {"long_name": "PSF column offset from centre", "units": "pixel"},
+}
+
+#: A PSF's centroid must lie within this many pixels of its central pixel.
+PSF_CENTRE_TOLERANCE = 0.5
+#: ``validate`` accepts PSF sums within this of 1.
+PSF_SUM_TOLERANCE = 1e-6
+
+
+# ---------------------------------------------------------------------------
+# small helpers
+# ---------------------------------------------------------------------------
+def _native_float(a: Any, name: str) -> np.ndarray:
+    """A native-endian float64 copy of ``a`` (FITS data are big-endian)."""
+    try:
+        arr = np.array(a, dtype=np.float64, copy=True)
+    except (TypeError, ValueError) as exc:
+        raise SchemaError(f"{name}: expected a numeric array, got {type(a).__name__} ({exc})") from None
+    return arr
+
+
+def check_flux_unit(units: str) -> str:
+    """Check that ``units`` is a flux-density unit astropy understands; return it normalised.
+
+    ``"uJy"``, ``"nJy"``, ``"mJy"``, ``"Jy"`` and any unit convertible to Jy
+    (e.g. ``"erg / (s cm2 Hz)"``) are accepted.  Surface brightness
+    (``MJy/sr``) is not a per-pixel flux; :func:`pegleg.open_stamps` converts it.
+    """
+    import astropy.units as u
+
+    if not isinstance(units, str) or not units.strip():
+        raise SchemaError(f"units: expected a flux-density unit string such as 'uJy', got {units!r}")
+    try:
+        unit = u.Unit(units.strip())
+    except (ValueError, TypeError):
+        raise SchemaError(f"units: unknown unit {units!r}; expected a flux density such as 'uJy' or 'nJy'") from None
+    if not unit.is_equivalent(u.Jy):
+        raise SchemaError(
+            f"units: {units!r} is not a flux density per pixel (not convertible to Jy); "
+            "convert surface brightness (e.g. MJy/sr) with the pixel area first "
+            "(pegleg.open_stamps does this for FITS mosaics)"
+        )
+    return units.strip()
+
+
+def image_units(ds: xr.Dataset) -> str:
+    """The flux unit of ``ds['image']``."""
+    return ds[IMAGE].attrs.get("units", "uJy")
+
+
+def set_attrs(da: xr.DataArray, units: str, long_name: str, **extra: Any) -> xr.DataArray:
+    """Return ``da`` with ``units`` and ``long_name`` (and ``extra``) attributes set."""
+    da = da.copy(deep=False)
+    da.attrs = {**da.attrs, "units": units, "long_name": long_name, **extra}
+    return da
+
+
+def _jsonable(obj: Any) -> Any:
+    """Best-effort conversion of step parameters to JSON-compatible values."""
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        if isinstance(obj, float) and not np.isfinite(obj):
+            return repr(obj)
+        return obj
+    if isinstance(obj, np.generic):
+        return _jsonable(obj.item())
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        if obj.size <= 16:
+            return _jsonable(obj.tolist())
+        return f"<array shape={obj.shape} dtype={obj.dtype}>"
+    if isinstance(obj, (xr.DataArray, xr.Dataset)):
+        return f"<{type(obj).__name__} dims={dict(obj.sizes)}>"
+    return str(obj)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def read_history(ds: xr.Dataset) -> list[dict]:
+    """The ``pegleg_history`` attribute as a list of step records (oldest first)."""
+    text = ds.attrs.get(HISTORY)
+    if text is None:
+        return []
+    try:
+        hist = json.loads(text)
+    except (TypeError, ValueError):
+        raise SchemaError(f"attribute {HISTORY!r}: expected JSON text (a list of steps), got {str(text)[:80]!r}") from None
+    if not isinstance(hist, list):
+        raise SchemaError(f"attribute {HISTORY!r}: expected a JSON list of steps, got {type(hist).__name__}")
+    return hist
+
+
+def append_history(ds: xr.Dataset, step: str, parameters: Mapping[str, Any] | None = None) -> xr.Dataset:
+    """Return a shallow copy of ``ds`` whose history has one more step.
+
+    Each record is ``{"step", "parameters", "pegleg_version", "time"}`` (time in UTC,
+    ISO 8601).  Non-JSON parameters (arrays, objects) are summarised as text.
+    """
+    hist = read_history(ds)
+    hist.append({
+        "step": step,
+        "parameters": _jsonable(dict(parameters or {})),
+        "pegleg_version": __version__,
+        "time": _now(),
+    })
+    out = ds.copy(deep=False)
+    out.attrs = dict(ds.attrs)
+    out.attrs[HISTORY] = json.dumps(hist)
+    return out
+
+
+def wcs_to_text(wcs: Any) -> str:
+    """FITS header text of a WCS given as ``astropy.wcs.WCS``, ``fits.Header`` or header text."""
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    try:
+        if isinstance(wcs, WCS):
+            w = wcs
+        elif isinstance(wcs, fits.Header):
+            w = WCS(wcs, naxis=2)
+        elif isinstance(wcs, str):
+            w = WCS(fits.Header.fromstring(wcs, sep="\n" if "\n" in wcs else ""), naxis=2)
+        else:
+            raise TypeError(type(wcs).__name__)
+        if w.naxis != 2 or not w.has_celestial:
+            raise ValueError("not a 2-D celestial WCS")
+        return w.to_header_string(relax=True)
+    except Exception as exc:  # astropy raises many types for bad headers
+        raise SchemaError(f"wcs: expected an astropy WCS, FITS header or header text with a 2-D celestial WCS ({exc})") from None
+
+
+def wcs_from_text(text: str):
+    """``astropy.wcs.WCS`` from header text stored in ``attrs['wcs']``."""
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    try:
+        return WCS(fits.Header.fromstring(text, sep="\n" if "\n" in text else ""), naxis=2)
+    except Exception as exc:
+        raise SchemaError(f"attribute 'wcs': not a readable FITS WCS header ({exc})") from None
+
+
+# ---------------------------------------------------------------------------
+# PSF checks
+# ---------------------------------------------------------------------------
+def _centroid_offset(p: np.ndarray) -> tuple[float, float]:
+    w = np.clip(p, 0, None)
+    tot = w.sum()
+    c = (np.asarray(p.shape) - 1) / 2.0
+    yy, xx = np.indices(p.shape)
+    return float((w * yy).sum() / tot - c[0]), float((w * xx).sum() / tot - c[1])
+
+
+def check_psf_array(psf: Any, band: str = "", *, normalise: bool = True,
+                    centre_tolerance: float = PSF_CENTRE_TOLERANCE) -> np.ndarray:
+    """Check one 2-D PSF image and return it as a (normalised) native float64 array.
+
+    A usable PSF is 2-D, square or rectangular with odd sides, finite, has a positive
+    sum, and its (non-negative part's) centroid lies within ``centre_tolerance``
+    pixels of the central pixel.
+
+    Raises
+    ------
+    PSFError
+        Naming ``band`` and what is wrong.
+    """
+    what = f"psf for band {band!r}" if band else "psf"
+    p = np.array(psf, dtype=np.float64, copy=True) if not isinstance(psf, np.ndarray) else psf.astype(np.float64, copy=True)
+    if p.ndim != 2:
+        raise PSFError(f"{what}: expected a 2-D image, got {p.ndim} dimensions")
+    if p.shape[0] % 2 == 0 or p.shape[1] % 2 == 0:
+        raise PSFError(f"{what}: expected odd sides so the PSF has a central pixel, got shape {p.shape}; "
+                       "pegleg.psf.prepare_psf recentres and trims a PSF for you")
+    if not np.all(np.isfinite(p)):
+        raise PSFError(f"{what}: contains {int((~np.isfinite(p)).sum())} NaN/inf values")
+    total = p.sum()
+    if not total > 0 or not np.clip(p, 0, None).sum() > 0:
+        raise PSFError(f"{what}: sum is {total:g}; a PSF must have a positive total (is it all zero or negative?)")
+    dy, dx = _centroid_offset(p)
+    if np.hypot(dy, dx) > centre_tolerance:
+        raise PSFError(f"{what}: centroid is ({dy:+.2f}, {dx:+.2f}) pixels from the central pixel "
+                       f"(tolerance {centre_tolerance} px); recentre it (pegleg.psf.prepare_psf)")
+    if normalise:
+        p /= total
+    return p
+
+
+def _pad_to(p: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    py = (shape[0] - p.shape[0]) // 2
+    px = (shape[1] - p.shape[1]) // 2
+    return np.pad(p, ((py, shape[0] - p.shape[0] - py), (px, shape[1] - p.shape[1] - px)))
+
+
+def _stack_psfs(psf: Any, bands: Sequence[str]) -> np.ndarray:
+    """(band, psf_y, psf_x) array from an array, a single 2-D PSF or a mapping band -> PSF."""
+    if isinstance(psf, xr.DataArray):
+        if BAND in psf.dims:
+            psf = {b: psf.sel({BAND: b}).values for b in bands}
+        else:
+            psf = psf.values
+    if isinstance(psf, Mapping):
+        missing = [b for b in bands if b not in psf]
+        if missing:
+            raise PSFError(f"psf: no PSF for band(s) {missing}; got PSFs for {list(psf)}")
+        arrays = [check_psf_array(psf[b], b) for b in bands]
+    else:
+        if psf is None:
+            raise PSFError("psf: a PSF is required for every band (an array (band, n, n), one (n, n) "
+                           "PSF shared by all bands, or a mapping band -> PSF)")
+        arr = np.asarray(psf)
+        if arr.ndim == 2:
+            arrays = [check_psf_array(arr, b) for b in bands]
+        elif arr.ndim == 3:
+            if arr.shape[0] != len(bands):
+                raise PSFError(f"psf: has {arr.shape[0]} PSFs for {len(bands)} bands {list(bands)}")
+            arrays = [check_psf_array(arr[i], b) for i, b in enumerate(bands)]
+        else:
+            raise PSFError(f"psf: expected dims (band, psf_y, psf_x) or (psf_y, psf_x), got {arr.ndim} dimensions")
+    shape = (max(a.shape[0] for a in arrays), max(a.shape[1] for a in arrays))
+    return np.stack([_pad_to(a, shape) for a in arrays])
+
+
+# ---------------------------------------------------------------------------
+# construction
+# ---------------------------------------------------------------------------
+def _check_bands(bands: Any, n: int | None = None) -> list[str]:
+    if isinstance(bands, str):
+        bands = [bands]
+    try:
+        blist = [str(b).strip() for b in bands]
+    except TypeError:
+        raise SchemaError(f"bands: expected a sequence of band names, got {bands!r}") from None
+    if not blist or any(not b for b in blist):
+        raise SchemaError(f"bands: expected non-empty band names, got {list(bands)!r}")
+    dup = sorted({b for b in blist if blist.count(b) > 1})
+    if dup:
+        raise SchemaError(f"bands: duplicated band name(s) {dup}; each band must appear once")
+    if n is not None and len(blist) != n:
+        raise SchemaError(f"bands: {len(blist)} names {blist} for {n} image planes")
+    return blist
+
+
+def _check_pixel_scale(pixel_scale: Any) -> float:
+    arr = np.atleast_1d(np.asarray(pixel_scale, dtype=float)) if np.ndim(pixel_scale) else None
+    if arr is not None:
+        if not np.all(np.isfinite(arr)) or np.ptp(arr) > 1e-6 * np.nanmax(np.abs(arr)):
+            raise SchemaError(f"pixel_scale: bands have different pixel scales {arr.tolist()}; "
+                              "resample them to one grid first")
+        pixel_scale = arr[0]
+    try:
+        ps = float(pixel_scale)
+    except (TypeError, ValueError):
+        raise SchemaError(f"pixel_scale: expected a number (arcsec/pixel), got {pixel_scale!r}") from None
+    if not np.isfinite(ps) or ps <= 0:
+        raise SchemaError(f"pixel_scale: expected a finite positive number (arcsec/pixel), got {pixel_scale!r}")
+    return ps
+
+
+def _check_redshift(redshift: Any) -> float | None:
+    if redshift is None:
+        return None
+    try:
+        z = float(redshift)
+    except (TypeError, ValueError):
+        raise SchemaError(f"redshift: expected a number, got {redshift!r}") from None
+    if not np.isfinite(z) or z < 0:
+        raise SchemaError(f"redshift: expected a finite number >= 0, got {redshift!r}")
+    return z
+
+
+def from_arrays(image: Any, error: Any, psf: Any, bands: Sequence[str] | str, pixel_scale: float, *,
+                mask: Any = None, wcs: Any = None, redshift: float | None = None,
+                units: str = "uJy", segmentation: Any = None,
+                wavelength: Sequence[float] | None = None, source_id: str | None = None,
+                resolution: str = "observed") -> xr.Dataset:
+    """Build a stamp Dataset from numpy arrays.
+
+    Parameters
+    ----------
+    image, error : array_like, (band, y, x) or (y, x) for one band
+        Flux per pixel and its 1-sigma uncertainty, in ``units``.
+    psf : array_like (band, n, n) or (n, n), or mapping band -> (n, n)
+        PSF of each band at the image pixel scale, odd-sized and centred.  PSFs of
+        different sizes are zero-padded to a common size; each is normalised to sum 1.
+    bands : sequence of str
+        Filter names, one per image plane (e.g. ``"F444W"``).
+    pixel_scale : float
+        Pixel scale in arcsec/pixel (one number: all bands share one grid).
+    mask : array_like of bool, optional
+        True where a pixel must not be used.  Pixels whose image or error is NaN/inf are
+        added to the mask with a :class:`~pegleg.PeglegWarning`.
+    wcs : astropy.wcs.WCS, astropy.io.fits.Header or str, optional
+        Celestial WCS of the pixel grid; stored as header text in ``attrs['wcs']``.
+    redshift : float, optional
+        Source redshift (stored in ``attrs['redshift']``).
+    units : str
+        Flux-density unit of ``image`` and ``error`` (default ``"uJy"``).
+    segmentation : array_like of int (y, x), optional
+        Segmentation labels (0 = sky).
+    wavelength : sequence of float, optional
+        Pivot wavelengths in micron; needed only for filters pegleg does not know.
+    source_id : str, optional
+        Identifier stored in ``attrs['source_id']``.
+    resolution : str
+        ``"observed"`` (default) or ``"matched:<BAND>"`` when the images were already
+        PSF-matched to one band.
+
+    Returns
+    -------
+    xarray.Dataset
+        A valid stamp Dataset (see :mod:`pegleg.schema`).
+
+    Raises
+    ------
+    SchemaError
+        For wrong dimensions, shape mismatches, non-positive errors on unmasked
+        pixels, bad units, duplicated bands, bad pixel scale.
+    PSFError
+        For NaN, all-zero, even-sized or off-centre PSFs or missing PSF bands.
+    """
+    img = _native_float(image, "image")
+    err = _native_float(error, "error")
+    if img.ndim == 2:
+        img = img[None]
+    if err.ndim == 2:
+        err = err[None]
+    if img.ndim != 3:
+        raise SchemaError(f"image: expected dims (band, y, x) or (y, x), got {img.ndim} dimensions")
+    if err.shape != img.shape:
+        raise SchemaError(f"error: shape {err.shape} differs from image shape {img.shape}")
+    if img.shape[1] < 3 or img.shape[2] < 3:
+        raise SchemaError(f"image: stamp of shape {img.shape[1:]} is too small (at least 3x3 pixels)")
+    blist = _check_bands(bands, img.shape[0])
+    ps = _check_pixel_scale(pixel_scale)
+    z = _check_redshift(redshift)
+    units = check_flux_unit(units)
+
+    if mask is None:
+        msk = np.zeros(img.shape, dtype=bool)
+    else:
+        msk = np.array(mask, dtype=bool)
+        if msk.ndim == 2:
+            msk = np.broadcast_to(msk, img.shape).copy()
+        if msk.shape != img.shape:
+            raise SchemaError(f"mask: shape {msk.shape} differs from image shape {img.shape}")
+
+    bad = ~msk & ~(np.isfinite(img) & np.isfinite(err))
+    if bad.any():
+        per_band = {b: int(n) for b, n in zip(blist, bad.sum(axis=(1, 2))) if n}
+        warnings.warn(f"image/error: {int(bad.sum())} unmasked NaN/inf pixel(s) were masked {per_band}",
+                      PeglegWarning, stacklevel=2)
+        msk = msk | bad
+    nonpos = ~msk & (err <= 0)
+    if nonpos.any():
+        per_band = {b: int(n) for b, n in zip(blist, nonpos.sum(axis=(1, 2))) if n}
+        raise SchemaError(f"error: {int(nonpos.sum())} unmasked pixel(s) have error <= 0 {per_band}; "
+                          "errors must be > 0 where mask is False (mask those pixels)")
+
+    psf_arr = _stack_psfs(psf, blist)
+
+    if wavelength is None:
+        wl = np.array([_filters.pivot_wavelength(b) for b in blist])
+    else:
+        wl = np.asarray(wavelength, dtype=float).ravel()
+        if wl.shape != (len(blist),) or not np.all(np.isfinite(wl)) or np.any(wl <= 0):
+            raise SchemaError(f"wavelength: expected {len(blist)} positive finite values (micron), got {wavelength!r}")
+
+    ny, nx = img.shape[1:]
+    npy, npx = psf_arr.shape[1:]
+    coords = {
+        BAND: (BAND, np.array(blist, dtype=object), _COORD_ATTRS[BAND]),
+        WAVELENGTH: (BAND, wl, _COORD_ATTRS[WAVELENGTH]),
+        Y: (Y, np.arange(ny), _COORD_ATTRS[Y]),
+        X: (X, np.arange(nx), _COORD_ATTRS[X]),
+        PSF_Y: (PSF_Y, np.arange(npy) - npy // 2, _COORD_ATTRS[PSF_Y]),
+        PSF_X: (PSF_X, np.arange(npx) - npx // 2, _COORD_ATTRS[PSF_X]),
+    }
+    data_vars = {
+        IMAGE: ((BAND, Y, X), img, {"units": units, "long_name": VARIABLES[IMAGE][2]}),
+        ERROR: ((BAND, Y, X), err, {"units": units, "long_name": VARIABLES[ERROR][2]}),
+        MASK: ((BAND, Y, X), msk, {"units": "1", "long_name": VARIABLES[MASK][2]}),
+        PSF: ((BAND, PSF_Y, PSF_X), psf_arr, {"units": "1", "long_name": VARIABLES[PSF][2]}),
+    }
+    if segmentation is not None:
+        seg = np.asarray(segmentation)
+        if seg.shape != (ny, nx):
+            raise SchemaError(f"segmentation: shape {seg.shape} differs from the image grid {(ny, nx)}")
+        if not np.issubdtype(seg.dtype, np.integer):
+            if not np.all(np.isfinite(seg)) or np.any(seg != np.round(seg)):
+                raise SchemaError("segmentation: expected integer labels")
+        data_vars[SEGMENTATION] = ((Y, X), seg.astype(np.int32), {"units": "1", "long_name": VARIABLES[SEGMENTATION][2]})
+
+    attrs: dict[str, Any] = {PIXEL_SCALE: ps, RESOLUTION: _check_resolution(resolution, blist)}
+    if z is not None:
+        attrs[REDSHIFT] = z
+    if wcs is not None:
+        attrs[WCS_ATTR] = wcs_to_text(wcs)
+    if source_id is not None:
+        attrs[SOURCE_ID] = str(source_id)
+    attrs[HISTORY] = "[]"
+    ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
+    ds = append_history(ds, "from_arrays", {
+        "bands": blist, "shape": [ny, nx], "pixel_scale": ps, "units": units,
+        "redshift": z, "resolution": attrs[RESOLUTION], "psf_shape": [npy, npx],
+    })
+    return ds
+
+
+def _check_resolution(resolution: Any, bands: Sequence[str] | None = None) -> str:
+    if not isinstance(resolution, str):
+        raise SchemaError(f"attribute 'resolution': expected a string, got {resolution!r}")
+    kind, _, target = resolution.partition(":")
+    if kind not in RESOLUTIONS or (kind == "observed" and target) or (kind == "matched" and not target):
+        raise SchemaError(f"attribute 'resolution': expected 'observed', 'matched:<BAND>', 'deconvolved' "
+                          f"or 'deconvolved:<BAND>', got {resolution!r}")
+    return resolution
+
+
+# ---------------------------------------------------------------------------
+# validation
+# ---------------------------------------------------------------------------
+def validate(ds: xr.Dataset) -> xr.Dataset:
+    """Check that ``ds`` is a valid stamp Dataset and return it unchanged.
+
+    Checks dims of every schema variable, ``units`` and ``long_name`` on every data
+    variable, a bool ``mask``, finite data and ``error > 0`` on unmasked pixels, one
+    normalised, odd-sized, centred PSF per band, unique bands with a ``wavelength``,
+    a finite positive ``pixel_scale``, and readable ``resolution``, ``wcs`` and
+    ``pegleg_history`` attributes.
+
+    Raises
+    ------
+    SchemaError, PSFError
+        Naming the first problem found.
+    """
+    if not isinstance(ds, xr.Dataset):
+        raise SchemaError(f"expected an xarray.Dataset, got {type(ds).__name__}")
+    for name in (IMAGE, ERROR, MASK, PSF):
+        if name not in ds:
+            raise SchemaError(f"variable {name!r} is missing; a stamp Dataset needs image, error, mask and psf")
+    for name, (dims, _, _) in VARIABLES.items():
+        if name in ds and ds[name].dims != dims:
+            raise SchemaError(f"variable {name!r}: expected dims {dims}, got {ds[name].dims}")
+    for name, da in ds.data_vars.items():
+        missing = [a for a in ("units", "long_name") if a not in da.attrs]
+        if missing:
+            raise SchemaError(f"variable {name!r}: missing attribute(s) {missing}")
+    bands = [str(b) for b in ds[BAND].values]
+    _check_bands(bands)
+    if WAVELENGTH not in ds.coords or ds[WAVELENGTH].dims != (BAND,):
+        raise SchemaError("coordinate 'wavelength' (band) is missing")
+    if not np.all(np.isfinite(ds[WAVELENGTH].values)) or np.any(ds[WAVELENGTH].values <= 0):
+        raise SchemaError("coordinate 'wavelength': expected positive finite values (micron)")
+    _check_pixel_scale(ds.attrs.get(PIXEL_SCALE))
+    check_flux_unit(image_units(ds))
+    if ds[ERROR].attrs.get("units") != image_units(ds):
+        raise SchemaError(f"variable 'error': units {ds[ERROR].attrs.get('units')!r} differ from image units "
+                          f"{image_units(ds)!r}")
+    if ds[MASK].dtype != bool:
+        raise SchemaError(f"variable 'mask': expected dtype bool, got {ds[MASK].dtype}")
+    m = ds[MASK].values
+    img, err = ds[IMAGE].values, ds[ERROR].values
+    ok = ~m
+    if not np.all(np.isfinite(img[ok])) or not np.all(np.isfinite(err[ok])):
+        raise SchemaError("variables 'image'/'error': NaN or inf on unmasked pixels (mask them)")
+    if np.any(err[ok] <= 0):
+        raise SchemaError("variable 'error': values <= 0 on unmasked pixels (mask them)")
+    psf = ds[PSF].values
+    for i, b in enumerate(bands):
+        check_psf_array(psf[i], b, normalise=False)
+        s = psf[i].sum()
+        if abs(s - 1) > PSF_SUM_TOLERANCE:
+            raise PSFError(f"psf for band {b!r}: sums to {s:.8f}, expected 1 (within {PSF_SUM_TOLERANCE})")
+    if SEGMENTATION in ds and not np.issubdtype(ds[SEGMENTATION].dtype, np.integer):
+        raise SchemaError(f"variable 'segmentation': expected integer labels, got {ds[SEGMENTATION].dtype}")
+    _check_resolution(ds.attrs.get(RESOLUTION, "observed"))
+    if REDSHIFT in ds.attrs:
+        _check_redshift(ds.attrs[REDSHIFT])
+    if WCS_ATTR in ds.attrs:
+        wcs_from_text(ds.attrs[WCS_ATTR])
+    read_history(ds)
+    return ds
