@@ -1,0 +1,25 @@
+"""Figures of pegleg Datasets.
+
+Every function takes a Dataset first, returns a :class:`matplotlib.figure.Figure` and
+accepts ``fig=`` to draw into an existing figure.  Figures are created without
+``pyplot`` (no global state), so they work in worker processes and scripts; in a
+notebook they display as usual.  ``ds.pegleg.plot.<name>(...)`` calls the same
+functions.
+"""
+
+from __future__ import annotations
+
+from .stamps import stamps
+
+__all__ = ["stamps", "PlotMethods"]
+
+
+class PlotMethods:
+    """``ds.pegleg.plot``: the figure functions of :mod:`pegleg.plot` bound to a Dataset."""
+
+    def __init__(self, ds):
+        self._ds = ds
+
+    def stamps(self, *args, **kwargs):
+        """Grid of band images (:func:`pegleg.plot.stamps`)."""
+        return stamps(self._ds, *args, **kwargs)
