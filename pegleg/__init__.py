@@ -20,9 +20,12 @@ from .exceptions import (
 from .schema import from_arrays, validate
 from .io import open_dataset, to_netcdf
 from . import accessor as _accessor  # noqa: F401  (registers Dataset.pegleg)
+from . import psf, synth
 
 __all__ = [
     "__version__",
+    "psf",
+    "synth",
     "from_arrays",
     "validate",
     "open_dataset",
