@@ -18,7 +18,7 @@ from .exceptions import (
     SchemaError,
 )
 from .schema import from_arrays, validate
-from .io import open_dataset, to_netcdf
+from .io import open_dataset, open_stamps, to_netcdf
 from . import accessor as _accessor  # noqa: F401  (registers Dataset.pegleg)
 from . import psf, synth
 
@@ -28,6 +28,7 @@ __all__ = [
     "synth",
     "from_arrays",
     "validate",
+    "open_stamps",
     "open_dataset",
     "to_netcdf",
     "PeglegError",

@@ -16,6 +16,15 @@ from . import schema
 __all__ = ["PeglegAccessor"]
 
 
+class _PlotDescriptor:
+    """``ds.pegleg.plot``: figure functions bound to the Dataset (the class on the class)."""
+
+    def __get__(self, obj, cls=None):
+        from .plot import PlotMethods
+
+        return PlotMethods if obj is None else PlotMethods(obj._ds)
+
+
 @xr.register_dataset_accessor("pegleg")
 class PeglegAccessor:
     """pegleg methods on an :class:`xarray.Dataset` (``ds.pegleg.<method>``)."""
@@ -57,9 +66,4 @@ class PeglegAccessor:
         return to_netcdf(self._ds, path, compress=compress)
 
     # -- figures -----------------------------------------------------------
-    @property
-    def plot(self):
-        """Figure functions bound to this Dataset (``ds.pegleg.plot.stamps()``, ...)."""
-        from .plot import PlotMethods
-
-        return PlotMethods(self._ds)
+    plot = _PlotDescriptor()

@@ -224,8 +224,12 @@ def wcs_from_text(text: str):
     from astropy.io import fits
     from astropy.wcs import WCS
 
+    from astropy.wcs import FITSFixedWarning
+
     try:
-        return WCS(fits.Header.fromstring(text, sep="\n" if "\n" in text else ""), naxis=2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)  # informational fixes of old cards
+            return WCS(fits.Header.fromstring(text, sep="\n" if "\n" in text else ""), naxis=2)
     except Exception as exc:
         raise SchemaError(f"attribute 'wcs': not a readable FITS WCS header ({exc})") from None
 

@@ -507,7 +507,7 @@ def galaxy(
         ``centre_x`` (pixel), ``q``, ``pa`` (deg), ``pa_convention``,
         ``truncation_radius`` (arcsec), ``reference_wavelength`` (um), ``components``
         (JSON list of component parameters, including clump positions),
-        ``render_flux_error`` (largest |numerical/analytic - 1| of the pixel
+        ``render_flux_error`` (largest ``abs(numerical / analytic - 1)`` of the pixel
         integration), ``source_id``, ``pegleg_history``.
 
     Raises

@@ -170,7 +170,7 @@ def fit_psf_mixture(psf: np.ndarray, n_components: int | None = None, *, max_com
     max_components : int
         Upper limit when ``n_components`` is not given.
     peak_tolerance, flux_tolerance : float
-        Goals on |model/image - 1| for the peak pixel and the total flux over the stamp.
+        Goals on the absolute value of model/image - 1 for the peak pixel and the total flux over the stamp.
     rms_tolerance : float
         Goal on the RMS residual relative to the peak pixel.
 

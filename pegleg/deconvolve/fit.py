@@ -1,0 +1,237 @@
+"""Least-squares fit of a multi-Gaussian (imcascade-form) model to one band.
+
+The model is ``sum_k a_k G_k * PSF + sky`` with concentric elliptical Gaussians of fixed
+widths ``sigma_k`` (major axis, pixels) sharing centre, axis ratio and position angle,
+and a Gaussian-mixture PSF (:mod:`pegleg.psf.mixture`).  For fixed centre, ``q`` and
+``phi`` the model is *linear* in the fluxes ``a_k`` and the sky terms, so the fit uses
+variable projection: a bounded linear least-squares solve (fluxes >= 0, sky free) inside
+a 4-parameter non-linear least-squares search.  That is the same model imcascade fits,
+solved in a way that is orders of magnitude faster and has no flux/sky bounds to tune.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import brentq, least_squares, lsq_linear
+
+from ..exceptions import FitError
+from .gaussians import component_images
+
+__all__ = ["MultiGaussFit", "fit_multigauss", "sigma_grid", "moments"]
+
+SKY_MODELS = ("none", "flat", "plane")
+
+
+@dataclass
+class MultiGaussFit:
+    """Result of :func:`fit_multigauss` (all lengths in pixels, angles in radians).
+
+    ``flux`` (K,) are the component fluxes for widths ``sigma`` (K,); ``sky`` holds the
+    sky coefficients (constant, d/dy, d/dx per pixel from the stamp centre).
+    """
+
+    sigma: np.ndarray
+    flux: np.ndarray
+    centre: tuple[float, float]
+    q: float
+    phi: float
+    sky: np.ndarray
+    sky_model: str
+    chi2: float
+    ndof: int
+    flux_error: float = np.nan
+    success: bool = True
+    message: str = ""
+    info: dict = field(default_factory=dict)
+
+    @property
+    def flux_total(self) -> float:
+        """Total flux of the model (sum of component fluxes), in image units."""
+        return float(np.sum(self.flux))
+
+    @property
+    def chi2_reduced(self) -> float:
+        """chi^2 per degree of freedom."""
+        return float(self.chi2 / max(self.ndof, 1))
+
+    def radius(self, fraction: float = 0.5) -> float:
+        """Semi-major axis (pixels) of the ellipse enclosing ``fraction`` of the intrinsic flux.
+
+        Exact for the model: a Gaussian of width ``s`` encloses ``1 - exp(-R^2 / 2 s^2)``
+        of its flux within the elliptical radius ``R`` (major axis).
+        """
+        a = np.asarray(self.flux, float)
+        if a.sum() <= 0:
+            return float("nan")
+        s = np.asarray(self.sigma, float)
+        f = lambda r: np.sum(a * (1 - np.exp(-0.5 * (r / s) ** 2))) / a.sum() - fraction  # noqa: E731
+        return float(brentq(f, 1e-6, 50 * s.max()))
+
+    def sky_image(self, shape) -> np.ndarray:
+        """The fitted sky on a grid of ``shape``."""
+        if not self.sky.size:
+            return np.zeros(shape)
+        return (_sky_basis(shape, self.sky_model).T @ self.sky).reshape(shape)
+
+    def model(self, shape, psf_sigma=None, psf_weight=None) -> np.ndarray:
+        """Model image (no sky): intrinsic, or convolved with the given PSF mixture."""
+        comps = component_images(shape, self.centre, self.sigma, self.q, self.phi, psf_sigma, psf_weight)
+        return np.tensordot(self.flux, comps, axes=1)
+
+
+def _sky_basis(shape, sky_model: str) -> np.ndarray:
+    """(n_sky, ny*nx) basis images of the sky model."""
+    ny, nx = shape
+    if sky_model == "none":
+        return np.zeros((0, ny * nx))
+    one = np.ones(shape)
+    if sky_model == "flat":
+        return one.reshape(1, -1)
+    yy, xx = np.indices(shape, dtype=float)
+    return np.stack([one, yy - (ny - 1) / 2, xx - (nx - 1) / 2]).reshape(3, -1)
+
+
+def moments(image: np.ndarray, weight: np.ndarray) -> dict:
+    """Centre, axis ratio, position angle and a size from flux-weighted second moments.
+
+    ``weight`` selects/weights pixels (e.g. the galaxy segment, unmasked).  Returns
+    ``centre`` (y, x), ``q``, ``phi`` (radians from +x, counter-clockwise) and
+    ``r50_guess`` (pixels): the circularised half-light radius of the positive flux.
+    """
+    w = np.clip(image, 0, None) * weight
+    tot = w.sum()
+    if not tot > 0:
+        raise FitError("no positive flux in the fitted region: cannot estimate a centre")
+    yy, xx = np.indices(image.shape, dtype=float)
+    yc, xc = (w * yy).sum() / tot, (w * xx).sum() / tot
+    cyy = (w * (yy - yc) ** 2).sum() / tot
+    cxx = (w * (xx - xc) ** 2).sum() / tot
+    cxy = (w * (yy - yc) * (xx - xc)).sum() / tot
+    tr, det = cxx + cyy, cxx * cyy - cxy**2
+    disc = np.sqrt(max(tr**2 / 4 - det, 0))
+    lam1, lam2 = tr / 2 + disc, max(tr / 2 - disc, 1e-6)
+    q = float(np.sqrt(lam2 / lam1)) if lam1 > 0 else 1.0
+    phi = float(0.5 * np.arctan2(2 * cxy, cxx - cyy))
+    r = np.hypot(yy - yc, xx - xc).ravel()
+    o = np.argsort(r)
+    cum = np.cumsum(w.ravel()[o])
+    r50 = float(r[o][np.searchsorted(cum, 0.5 * cum[-1])])
+    return {"centre": (float(yc), float(xc)), "q": max(q, 0.1), "phi": phi, "r50_guess": max(r50, 0.5)}
+
+
+def sigma_grid(r50: float, *, n: int = 12, smin: float = 0.5, max_factor: float = 4.0,
+               max_sigma: float | None = None) -> np.ndarray:
+    """Logarithmic grid of Gaussian widths (pixels) from ``smin`` to ``max_factor * r50``.
+
+    An over-wide grid lets extended components trade flux with the sky (measured with
+    imcascade: a grid to 8 r_e gave total fluxes 1004-1247 for a true 1000, 0.75-4 r_e
+    gave 983-1014), so the largest width is tied to the source size.
+    """
+    smax = max(max_factor * r50, 4 * smin)
+    if max_sigma is not None:
+        smax = min(smax, max_sigma)
+    return np.geomspace(smin, smax, n)
+
+
+def fit_multigauss(image: np.ndarray, error: np.ndarray, mask: np.ndarray, psf_sigma: np.ndarray,
+                   psf_weight: np.ndarray, *, sigma: np.ndarray | None = None, sky_model: str = "flat",
+                   region: np.ndarray | None = None, centre: tuple[float, float] | None = None,
+                   max_centre_shift: float = 3.0) -> MultiGaussFit:
+    """Fit the multi-Gaussian model to one band.
+
+    Parameters
+    ----------
+    image, error : arrays (ny, nx)
+        Flux per pixel and 1-sigma error (same unit).
+    mask : bool array (ny, nx)
+        True = pixel not used.
+    psf_sigma, psf_weight : arrays (P,)
+        Gaussian-mixture PSF (pixels; weights normalised internally).
+    sigma : array (K,), optional
+        Component widths (pixels).  Default :func:`sigma_grid` from the image moments.
+    sky_model : {"none", "flat", "plane"}
+        Sky fitted with the galaxy (default a constant).
+    region : bool array, optional
+        Pixels of the galaxy (e.g. its segment) used for the initial moments.
+    centre : (y, x), optional
+        Initial centre (pixels); default from moments.
+    max_centre_shift : float
+        Bound on the centre's move from its initial value (pixels).
+
+    Returns
+    -------
+    MultiGaussFit
+
+    Raises
+    ------
+    FitError
+        When no pixel is usable or the source has no positive flux.
+    """
+    if sky_model not in SKY_MODELS:
+        raise FitError(f"sky_model: expected one of {SKY_MODELS}, got {sky_model!r}")
+    img = np.array(image, dtype=np.float64)
+    err = np.array(error, dtype=np.float64)
+    use = ~np.asarray(mask, bool) & np.isfinite(img) & np.isfinite(err) & (err > 0)
+    if use.sum() < 10:
+        raise FitError(f"only {int(use.sum())} usable pixels: the band is (almost) fully masked")
+    shape = img.shape
+    reg = use if region is None else (use & np.asarray(region, bool))
+    if reg.sum() < 3:
+        raise FitError("the source region has fewer than 3 unmasked pixels (source fully masked?)")
+    mom = moments(np.where(reg, img, 0.0), reg.astype(float))
+    c0 = np.array(centre if centre is not None else mom["centre"], float)
+    if sigma is None:
+        sigma = sigma_grid(mom["r50_guess"], max_sigma=0.5 * max(shape))
+    sigma = np.asarray(sigma, float)
+    K = sigma.size
+    sky_b = _sky_basis(shape, sky_model)
+    nsky = sky_b.shape[0]
+    wflat = (1.0 / np.where(use, err, np.inf)).ravel()[use.ravel()]
+    b = (img.ravel()[use.ravel()]) * wflat
+    sky_cols = (sky_b[:, use.ravel()] * wflat).T
+    lb = np.concatenate([np.zeros(K), np.full(nsky, -np.inf)])
+    ub = np.full(K + nsky, np.inf)
+
+    def design(x):
+        comps = component_images(shape, (x[0], x[1]), sigma, x[2], x[3], psf_sigma, psf_weight)
+        A = comps.reshape(K, -1)[:, use.ravel()].T * wflat[:, None]
+        return np.hstack([A, sky_cols]) if nsky else A
+
+    def solve(x):
+        A = design(x)
+        # the bounded solve on the small triangular factor is equivalent and ~100x cheaper
+        Q, R = np.linalg.qr(A)
+        sol = lsq_linear(R, Q.T @ b, bounds=(lb, ub), method="bvls")
+        return A, sol.x
+
+    def resid(x):
+        A, coef = solve(x)
+        return A @ coef - b
+
+    x0 = np.array([c0[0], c0[1], np.clip(mom["q"], 0.15, 0.99), mom["phi"]])
+    lo = np.array([c0[0] - max_centre_shift, c0[1] - max_centre_shift, 0.05, -10.0])
+    hi = np.array([c0[0] + max_centre_shift, c0[1] + max_centre_shift, 1.0, 10.0])
+    res = least_squares(resid, x0, bounds=(lo, hi), diff_step=1e-4, x_scale=np.array([0.1, 0.1, 0.05, 0.1]),
+                        max_nfev=200)
+    A, coef = solve(res.x)
+    r = A @ coef - b
+    chi2 = float(r @ r)
+    ndof = int(use.sum() - (K + nsky + 4))
+    # flux uncertainty from the linear part (components with non-zero flux), scaled by chi2
+    act = np.concatenate([coef[:K] > 0, np.ones(nsky, bool)])
+    flux_err = np.nan
+    try:
+        Aa = A[:, act]
+        cov = np.linalg.inv(Aa.T @ Aa) * max(chi2 / max(ndof, 1), 1.0)
+        nk = int(act[:K].sum())
+        flux_err = float(np.sqrt(np.sum(cov[:nk, :nk])))
+    except np.linalg.LinAlgError:
+        pass
+    q, phi = float(res.x[2]), float(res.x[3])
+    phi = float(np.mod(phi, np.pi))
+    return MultiGaussFit(sigma=sigma, flux=coef[:K], centre=(float(res.x[0]), float(res.x[1])), q=q, phi=phi,
+                         sky=coef[K:], sky_model=sky_model, chi2=chi2, ndof=ndof, flux_error=flux_err,
+                         success=bool(res.success), message=str(res.message),
+                         info={"nfev": int(res.nfev), "initial": mom})
