@@ -140,7 +140,7 @@ def _basis(shape, centre, sigma) -> np.ndarray:
 
 
 def _seed(p: np.ndarray, centre, n: int, wts: np.ndarray, smax: float) -> tuple[np.ndarray, np.ndarray]:
-    grid = np.geomspace(0.2, smax, 24)
+    grid = np.geomspace(0.2, smax / 3, 24)
     A = _basis(p.shape, centre, grid)
     a = lsq_linear((A * wts.ravel()).T, (p * wts).ravel(), bounds=(0, np.inf), method="bvls").x
     order = np.argsort(a)[::-1]
@@ -205,7 +205,7 @@ def fit_psf_mixture(psf: np.ndarray, n_components: int | None = None, *, max_com
     # Poisson-like weights: every pixel's relative error counts, with a floor for wings.
     floor = 3e-4
     wts = 1.0 / np.sqrt(np.abs(pn) + floor)
-    smax = max(ny, nx) / 2.0
+    smax = min(ny, nx) / 2.0
     ipeak = np.unravel_index(np.argmax(pn), pn.shape)
     tot_n = pn.sum()
 
@@ -214,12 +214,15 @@ def fit_psf_mixture(psf: np.ndarray, n_components: int | None = None, *, max_com
 
     def design(c, s):
         B = _basis(pn.shape, c, s)  # (n, npix)
-        return np.vstack([(B * wts.ravel()).T, B[:, flat_peak][None] * 30.0, B.sum(1)[None] / tot_n * 300.0])
+        # total weight (integral over the infinite plane) = the stamp's total, so a kernel
+        # normalised to 1 stays normalised to 1 as a mixture
+        return np.vstack([(B * wts.ravel()).T, B[:, flat_peak][None] * 30.0, np.ones((1, len(s))) / tot_n * 300.0])
 
     def solve(x, n):
         c, s = x[:2], np.exp(x[2:2 + n])
         A = design(c, s)
-        a = lsq_linear(A, b_full, bounds=(0, np.inf), method="bvls").x
+        Q, R = np.linalg.qr(A)  # same bounded solution on the small triangular system
+        a = lsq_linear(R, Q.T @ b_full, bounds=(0, np.inf), method="bvls").x
         return A, a
 
     def fit(n: int):
@@ -227,7 +230,7 @@ def fit_psf_mixture(psf: np.ndarray, n_components: int | None = None, *, max_com
         s0 = s0 * (1 + 0.05 * np.arange(n))  # break exact degeneracies
         x0 = np.concatenate([c0, np.log(s0)])
         lo = np.concatenate([c0 - 1.0, np.full(n, np.log(0.05))])
-        hi = np.concatenate([c0 + 1.0, np.full(n, np.log(4 * smax))])
+        hi = np.concatenate([c0 + 1.0, np.full(n, np.log(smax / 3))])
         x0 = np.clip(x0, lo + 1e-6, hi - 1e-6)
 
         def resid(x):
@@ -237,7 +240,7 @@ def fit_psf_mixture(psf: np.ndarray, n_components: int | None = None, *, max_com
         res = least_squares(resid, x0, bounds=(lo, hi), diff_step=1e-4, max_nfev=60 * (n + 2))
         _, a = solve(res.x, n)
         c, s = res.x[:2], np.exp(res.x[2:])
-        keep = a > 0
+        keep = a > 1e-4 * a.sum()
         c, s, a = c, s[keep], a[keep]
         m = _render(pn.shape, c, s, a)
         o = np.argsort(s)
