@@ -135,8 +135,36 @@ def sigma_grid(r50: float, *, n: int = 12, smin: float = 0.5, max_factor: float 
     return np.geomspace(smin, smax, n)
 
 
-def fit_multigauss(image: np.ndarray, error: np.ndarray, mask: np.ndarray, psf_sigma: np.ndarray,
-                   psf_weight: np.ndarray, *, sigma: np.ndarray | None = None, sky_model: str = "flat",
+class PixelPSF:
+    """Convolution of component images with a PSF image by FFT (PSF transform cached).
+
+    Components are rendered on the stamp padded by the PSF half-size, so light that the
+    PSF scatters across the stamp edge is accounted for, then cropped.
+    """
+
+    def __init__(self, psf: np.ndarray, shape: tuple[int, int]):
+        from scipy import fft
+
+        self._fft = fft
+        psf = np.asarray(psf, float)
+        self.half = (psf.shape[0] // 2, psf.shape[1] // 2)
+        self.shape = tuple(shape)
+        self.padded = (shape[0] + 2 * self.half[0], shape[1] + 2 * self.half[1])
+        self.fshape = (fft.next_fast_len(self.padded[0] + psf.shape[0] - 1, True),
+                       fft.next_fast_len(self.padded[1] + psf.shape[1] - 1, True))
+        self.psf_ft = fft.rfft2(psf, self.fshape)
+
+    def convolve(self, comps: np.ndarray) -> np.ndarray:
+        """(K, padded_y, padded_x) intrinsic images -> (K, ny, nx) convolved, cropped to the stamp."""
+        out = self._fft.irfft2(self._fft.rfft2(comps, self.fshape) * self.psf_ft, self.fshape)
+        hy, hx = self.half
+        # full convolution index of padded pixel i is i + h; the stamp starts at padded index h
+        return out[:, 2 * hy:2 * hy + self.shape[0], 2 * hx:2 * hx + self.shape[1]]
+
+
+def fit_multigauss(image: np.ndarray, error: np.ndarray, mask: np.ndarray, psf_sigma: np.ndarray | None,
+                   psf_weight: np.ndarray | None, *, psf_image: np.ndarray | None = None,
+                   sigma: np.ndarray | None = None, sky_model: str = "flat",
                    region: np.ndarray | None = None, centre: tuple[float, float] | None = None,
                    max_centre_shift: float = 3.0) -> MultiGaussFit:
     """Fit the multi-Gaussian model to one band.
@@ -147,8 +175,12 @@ def fit_multigauss(image: np.ndarray, error: np.ndarray, mask: np.ndarray, psf_s
         Flux per pixel and 1-sigma error (same unit).
     mask : bool array (ny, nx)
         True = pixel not used.
-    psf_sigma, psf_weight : arrays (P,)
+    psf_sigma, psf_weight : arrays (P,) or None
         Gaussian-mixture PSF (pixels; weights normalised internally).
+    psf_image : array (n, n), optional
+        The PSF image itself (odd, centred, sum 1).  When given, the model is convolved
+        with it by FFT instead of using the mixture: no PSF-model mismatch (a positive
+        Gaussian mixture cannot follow Airy rings, which biased r50 by up to ~7% in F444W).
     sigma : array (K,), optional
         Component widths (pixels).  Default :func:`sigma_grid` from the image moments.
     sky_model : {"none", "flat", "plane"}
@@ -194,8 +226,16 @@ def fit_multigauss(image: np.ndarray, error: np.ndarray, mask: np.ndarray, psf_s
     lb = np.concatenate([np.zeros(K), np.full(nsky, -np.inf)])
     ub = np.full(K + nsky, np.inf)
 
+    pix = PixelPSF(psf_image, shape) if psf_image is not None else None
+    if pix is None and psf_sigma is None:
+        raise FitError("no PSF: give psf_image or psf_sigma/psf_weight")
+
     def design(x):
-        comps = component_images(shape, (x[0], x[1]), sigma, x[2], x[3], psf_sigma, psf_weight)
+        if pix is not None:
+            hy, hx = pix.half
+            comps = pix.convolve(component_images(pix.padded, (x[0] + hy, x[1] + hx), sigma, x[2], x[3]))
+        else:
+            comps = component_images(shape, (x[0], x[1]), sigma, x[2], x[3], psf_sigma, psf_weight)
         A = comps.reshape(K, -1)[:, use.ravel()].T * wflat[:, None]
         return np.hstack([A, sky_cols]) if nsky else A
 
