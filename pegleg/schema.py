@@ -42,7 +42,7 @@ __all__ = [
     "IMAGE", "ERROR", "MASK", "PSF", "SEGMENTATION", "WAVELENGTH",
     "PIXEL_SCALE", "REDSHIFT", "WCS_ATTR", "RESOLUTION", "HISTORY", "SOURCE_ID",
     "VARIABLES", "RESOLUTIONS",
-    "from_arrays", "validate", "check_flux_unit", "check_psf_array",
+    "from_arrays", "validate", "check_flux_unit", "check_psf_array", "check_positive",
     "append_history", "read_history", "set_attrs", "wcs_to_text", "wcs_from_text",
     "image_units", "PSF_CENTRE_TOLERANCE", "PSF_SUM_TOLERANCE",
 ]
@@ -334,6 +334,21 @@ def _check_bands(bands: Any, n: int | None = None) -> list[str]:
     return blist
 
 
+def check_positive(value: Any, name: str, *, error: type[Exception] = SchemaError, what: str = "number") -> float:
+    """``float(value)`` if it is a finite positive number, else ``error`` naming ``name``.
+
+    The one validator of positive scalars (pixel scales, FWHMs, wavelengths, ...);
+    ``what`` describes the expected quantity in the message (e.g. "pixel scale (arcsec/pixel)").
+    """
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise error(f"{name}: expected a {what}, got {value!r}") from None
+    if not np.isfinite(v) or v <= 0:
+        raise error(f"{name}: expected a finite positive {what}, got {value!r}")
+    return v
+
+
 def _check_pixel_scale(pixel_scale: Any) -> float:
     arr = np.atleast_1d(np.asarray(pixel_scale, dtype=float)) if np.ndim(pixel_scale) else None
     if arr is not None:
@@ -341,13 +356,7 @@ def _check_pixel_scale(pixel_scale: Any) -> float:
             raise SchemaError(f"pixel_scale: bands have different pixel scales {arr.tolist()}; "
                               "resample them to one grid first")
         pixel_scale = arr[0]
-    try:
-        ps = float(pixel_scale)
-    except (TypeError, ValueError):
-        raise SchemaError(f"pixel_scale: expected a number (arcsec/pixel), got {pixel_scale!r}") from None
-    if not np.isfinite(ps) or ps <= 0:
-        raise SchemaError(f"pixel_scale: expected a finite positive number (arcsec/pixel), got {pixel_scale!r}")
-    return ps
+    return check_positive(pixel_scale, "pixel_scale", what="number (arcsec/pixel)")
 
 
 def _check_redshift(redshift: Any) -> float | None:

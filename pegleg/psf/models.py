@@ -32,6 +32,7 @@ from scipy import ndimage, optimize, special
 
 from .. import filters as _filters
 from ..exceptions import PSFError, SchemaError
+from ..schema import check_positive
 
 __all__ = [
     "gaussian_psf",
@@ -71,13 +72,7 @@ TELESCOPES: dict[str, dict[str, float]] = {
 # helpers
 # ---------------------------------------------------------------------------
 def _positive(value, name: str) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise SchemaError(f"{name}: expected a positive number, got {value!r}") from None
-    if not np.isfinite(v) or v <= 0:
-        raise SchemaError(f"{name}: expected a positive finite number, got {value!r}")
-    return v
+    return check_positive(value, name)
 
 
 def _odd_size(size, name: str = "size") -> int:

@@ -69,13 +69,7 @@ def _check_values(p: np.ndarray, name: str = "") -> None:
 
 
 def _check_scale(value: Any, what: str) -> float:
-    try:
-        s = float(value)
-    except (TypeError, ValueError):
-        raise PSFError(f"{what}: expected a pixel scale in arcsec/pixel, got {value!r}") from None
-    if not np.isfinite(s) or s <= 0:
-        raise PSFError(f"{what}: expected a finite positive pixel scale (arcsec/pixel), got {value!r}")
-    return s
+    return schema.check_positive(value, what, error=PSFError, what="pixel scale (arcsec/pixel)")
 
 
 def _odd_shape(size: Any, what: str = "size") -> tuple[int, int]:
