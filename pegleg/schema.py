@@ -259,7 +259,7 @@ def check_psf_array(psf: Any, band: str = "", *, normalise: bool = True,
         Naming ``band`` and what is wrong.
     """
     what = f"psf for band {band!r}" if band else "psf"
-    p = np.array(psf, dtype=np.float64, copy=True) if not isinstance(psf, np.ndarray) else psf.astype(np.float64, copy=True)
+    p = np.array(psf, dtype=np.float64, copy=True)
     if p.ndim != 2:
         raise PSFError(f"{what}: expected a 2-D image, got {p.ndim} dimensions")
     if p.shape[0] % 2 == 0 or p.shape[1] % 2 == 0:

@@ -38,7 +38,6 @@ def test_pixel_integrals_sum_to_one():
 
 
 def test_exact_gaussian_recovered():
-    y, x = np.indices((31, 31))
     from pegleg.psf.mixture import _render
 
     truth = _render((31, 31), (15.2, 14.9), np.array([1.3]), np.array([1.0]))

@@ -90,11 +90,8 @@ def open_dataset(path: str | os.PathLike) -> xr.Dataset:
             ds = f.load()
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise FileFormatError(f"{path}: not a readable NetCDF file ({exc})") from None
-    for name in list(ds.variables):
-        v = ds[name]
-        if v.dtype == object:
-            ds[name] = v.astype(object)
-        v.encoding.pop("source", None)
+    for var in ds.variables.values():
+        var.encoding.pop("source", None)
     # string coordinates come back as object arrays of str, which is what pegleg writes
     for name in list(ds.coords):
         if ds[name].dtype.kind == "U":

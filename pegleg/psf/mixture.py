@@ -24,9 +24,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import least_squares, lsq_linear
+from scipy.optimize import least_squares
 from scipy.special import erf
 
+from .._numerics import bounded_lstsq
 from ..exceptions import PSFError
 
 __all__ = ["GaussianMixturePSF", "fit_psf_mixture", "gaussian_pixel_integrals"]
@@ -142,7 +143,7 @@ def _basis(shape, centre, sigma) -> np.ndarray:
 def _seed(p: np.ndarray, centre, n: int, wts: np.ndarray, smax: float) -> tuple[np.ndarray, np.ndarray]:
     grid = np.geomspace(0.2, smax / 3, 24)
     A = _basis(p.shape, centre, grid)
-    a = lsq_linear((A * wts.ravel()).T, (p * wts).ravel(), bounds=(0, np.inf), method="bvls").x
+    a = bounded_lstsq((A * wts.ravel()).T, (p * wts).ravel(), 0.0)
     order = np.argsort(a)[::-1]
     keep = [i for i in order if a[i] > 0][:n]
     if len(keep) < n:  # too few distinct scales: spread the rest log-uniformly
@@ -221,9 +222,7 @@ def fit_psf_mixture(psf: np.ndarray, n_components: int | None = None, *, max_com
     def solve(x, n):
         c, s = x[:2], np.exp(x[2:2 + n])
         A = design(c, s)
-        Q, R = np.linalg.qr(A)  # same bounded solution on the small triangular system
-        a = lsq_linear(R, Q.T @ b_full, bounds=(0, np.inf), method="bvls").x
-        return A, a
+        return A, bounded_lstsq(A, b_full, 0.0)
 
     def fit(n: int):
         s0, _ = _seed(pn, c0, n, wts, smax)
