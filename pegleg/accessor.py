@@ -65,5 +65,18 @@ class PeglegAccessor:
 
         return to_netcdf(self._ds, path, compress=compress)
 
+    # -- steps -------------------------------------------------------------
+    def deconvolve(self, bands=None, psf=None, **kwargs) -> xr.Dataset:
+        """PSF-correct every band: intrinsic multi-Gaussian model + residuals (:func:`pegleg.deconvolve.deconvolve`)."""
+        from .deconvolve import deconvolve
+
+        return deconvolve(self._ds, bands, psf, **kwargs)
+
+    def qa(self):
+        """Per-band quality table of a deconvolved Dataset (:func:`pegleg.deconvolve.qa`)."""
+        from .deconvolve import qa
+
+        return qa(self._ds)
+
     # -- figures -----------------------------------------------------------
     plot = _PlotDescriptor()

@@ -41,7 +41,7 @@ __all__ = [
     "BAND", "Y", "X", "PSF_Y", "PSF_X",
     "IMAGE", "ERROR", "MASK", "PSF", "SEGMENTATION", "WAVELENGTH",
     "PIXEL_SCALE", "REDSHIFT", "WCS_ATTR", "RESOLUTION", "HISTORY", "SOURCE_ID",
-    "VARIABLES", "RESOLUTIONS",
+    "VARIABLES", "RESOLUTIONS", "variable", "source_label", "source_region",
     "from_arrays", "validate", "check_flux_unit", "check_psf_array", "check_positive",
     "append_history", "read_history", "set_attrs", "wcs_to_text", "wcs_from_text",
     "image_units", "PSF_CENTRE_TOLERANCE", "PSF_SUM_TOLERANCE",
@@ -51,6 +51,7 @@ __all__ = [
 # names
 # ---------------------------------------------------------------------------
 BAND, Y, X, PSF_Y, PSF_X = "band", "y", "x", "psf_y", "psf_x"
+COMPONENT = "component"
 IMAGE, ERROR, MASK, PSF, SEGMENTATION = "image", "error", "mask", "psf", "segmentation"
 WAVELENGTH = "wavelength"
 
@@ -76,6 +77,38 @@ VARIABLES: dict[str, tuple[tuple[str, ...], str, str]] = {
     PSF: ((BAND, PSF_Y, PSF_X), "1", "point-spread function at the image pixel scale (sum 1)"),
     SEGMENTATION: ((Y, X), "1", "segmentation labels (0 = sky)"),
 }
+
+# -- outputs of the deconvolve step -------------------------------------------
+MODEL, MODEL_CONVOLVED, RESIDUAL, IMAGE_OBSERVED = "model", "model_convolved", "residual", "image_observed"
+FLUX_TOTAL, FLUX_TOTAL_ERROR, R50, R80, SKY, SKY_NOISE = (
+    "flux_total", "flux_total_error", "r50", "r80", "sky", "sky_noise")
+CHI2_REDUCED, RESIDUAL_FRACTION = "chi2_reduced", "residual_fraction"
+CENTRE_Y, CENTRE_X, AXIS_RATIO, POSITION_ANGLE = "centre_y", "centre_x", "axis_ratio", "position_angle"
+FIT_OK, FIT_MESSAGE = "deconvolve_ok", "deconvolve_message"
+MGM_SIGMA, MGM_FLUX = "mgm_sigma", "mgm_flux"
+
+VARIABLES.update({
+    MODEL: ((BAND, Y, X), IMAGE_UNIT, "intrinsic (PSF-free) multi-Gaussian model, pixel-integrated"),
+    MODEL_CONVOLVED: ((BAND, Y, X), IMAGE_UNIT, "multi-Gaussian model convolved with the PSF (no sky)"),
+    RESIDUAL: ((BAND, Y, X), IMAGE_UNIT, "observed image - sky - convolved model (NaN where masked)"),
+    IMAGE_OBSERVED: ((BAND, Y, X), IMAGE_UNIT, "flux per pixel before the deconvolve step"),
+    FLUX_TOTAL: ((BAND,), IMAGE_UNIT, "total flux of the intrinsic model"),
+    FLUX_TOTAL_ERROR: ((BAND,), IMAGE_UNIT, "1-sigma uncertainty of the total model flux (bootstrap at the fitted shape)"),
+    R50: ((BAND,), "arcsec", "semi-major axis enclosing 50% of the model flux"),
+    R80: ((BAND,), "arcsec", "semi-major axis enclosing 80% of the model flux"),
+    SKY: ((BAND,), IMAGE_UNIT, "fitted sky level per pixel at the stamp centre"),
+    SKY_NOISE: ((BAND,), IMAGE_UNIT, "median 1-sigma error per pixel of the sky pixels"),
+    CHI2_REDUCED: ((BAND,), "1", "reduced chi-square of the fit"),
+    RESIDUAL_FRACTION: ((BAND,), "1", "median |residual| / convolved model inside the source segment"),
+    CENTRE_Y: ((BAND,), "pixel", "model centre, row"),
+    CENTRE_X: ((BAND,), "pixel", "model centre, column"),
+    AXIS_RATIO: ((BAND,), "1", "model axis ratio (minor/major)"),
+    POSITION_ANGLE: ((BAND,), "deg", "model major-axis angle, counter-clockwise from the +x (column) axis"),
+    FIT_OK: ((BAND,), "1", "the fit of this band succeeded"),
+    FIT_MESSAGE: ((BAND,), "1", "fit status or the error that stopped it"),
+    MGM_SIGMA: ((BAND, COMPONENT), "pixel", "major-axis width of each Gaussian component"),
+    MGM_FLUX: ((BAND, COMPONENT), IMAGE_UNIT, "flux of each Gaussian component"),
+})
 
 _COORD_ATTRS = {
     BAND: {"long_name": "filter name", "units": "1"},
@@ -131,6 +164,46 @@ def check_flux_unit(units: str) -> str:
 def image_units(ds: xr.Dataset) -> str:
     """The flux unit of ``ds['image']``."""
     return ds[IMAGE].attrs.get("units", "uJy")
+
+
+def variable(name: str, data: Any, ds: xr.Dataset | None = None, **extra: Any) -> tuple:
+    """``(dims, data, attrs)`` for schema variable ``name``, ready for ``Dataset.assign``.
+
+    Units marked "same as image" take ``ds['image']``'s unit.
+    """
+    dims, units, long_name = VARIABLES[name]
+    if units == IMAGE_UNIT:
+        units = image_units(ds) if ds is not None else "uJy"
+    return dims, data, {"units": units, "long_name": long_name, **extra}
+
+
+def source_label(seg: np.ndarray, centre: tuple[int, int] | None = None) -> int:
+    """Segmentation label of the central source: the label at ``centre`` (default the
+    stamp centre) or, if that pixel is sky, the label nearest to it; 0 if there is none."""
+    seg = np.asarray(seg)
+    cy, cx = centre if centre is not None else (seg.shape[0] // 2, seg.shape[1] // 2)
+    if 0 <= cy < seg.shape[0] and 0 <= cx < seg.shape[1] and seg[cy, cx] > 0:
+        return int(seg[cy, cx])
+    iy, ix = np.nonzero(seg > 0)
+    if iy.size == 0:
+        return 0
+    k = np.argmin((iy - cy) ** 2 + (ix - cx) ** 2)
+    return int(seg[iy[k], ix[k]])
+
+
+def source_region(ds: xr.Dataset) -> tuple[np.ndarray | None, np.ndarray]:
+    """(own segment, neighbours) as bool (y, x) arrays from ``ds['segmentation']``.
+
+    Without a segmentation map the segment is None and there are no neighbours.
+    """
+    shape = (ds.sizes[Y], ds.sizes[X])
+    if SEGMENTATION not in ds:
+        return None, np.zeros(shape, bool)
+    seg = ds[SEGMENTATION].values
+    own = source_label(seg)
+    if own == 0:
+        return None, np.zeros(shape, bool)
+    return seg == own, (seg > 0) & (seg != own)
 
 
 def set_attrs(da: xr.DataArray, units: str, long_name: str, **extra: Any) -> xr.DataArray:

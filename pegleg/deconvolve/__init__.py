@@ -1,0 +1,6 @@
+"""PSF correction: multi-Gaussian (imcascade-model) fits, intrinsic model + residuals."""
+
+from .fit import MultiGaussFit, fit_multigauss, sigma_grid
+from .step import deconvolve, deconvolve_band, qa
+
+__all__ = ["deconvolve", "deconvolve_band", "qa", "fit_multigauss", "MultiGaussFit", "sigma_grid"]

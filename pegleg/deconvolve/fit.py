@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import brentq, least_squares
 
-from .._numerics import bounded_lstsq
+from .._numerics import bounded_lstsq, bounded_lstsq_reduced
 from ..exceptions import FitError
 from .gaussians import component_images
 
@@ -76,9 +76,12 @@ class MultiGaussFit:
             return np.zeros(shape)
         return (_sky_basis(shape, self.sky_model).T @ self.sky).reshape(shape)
 
-    def model(self, shape, psf_sigma=None, psf_weight=None) -> np.ndarray:
-        """Model image (no sky): intrinsic, or convolved with the given PSF mixture."""
-        comps = component_images(shape, self.centre, self.sigma, self.q, self.phi, psf_sigma, psf_weight)
+    def model(self, shape, psf_sigma=None, psf_weight=None, psf_image=None) -> np.ndarray:
+        """Model image (no sky): intrinsic, or convolved with a PSF image or a PSF mixture."""
+        if psf_image is not None:
+            comps = PixelPSF(psf_image, shape).components(self.centre, self.sigma, self.q, self.phi)
+        else:
+            comps = component_images(shape, self.centre, self.sigma, self.q, self.phi, psf_sigma, psf_weight)
         return np.tensordot(self.flux, comps, axes=1)
 
 
@@ -122,7 +125,7 @@ def moments(image: np.ndarray, weight: np.ndarray) -> dict:
     return {"centre": (float(yc), float(xc)), "q": max(q, 0.1), "phi": phi, "r50_guess": max(r50, 0.5)}
 
 
-def sigma_grid(r50: float, *, n: int = 12, smin: float = 0.5, max_factor: float = 4.0,
+def sigma_grid(r50: float, *, n: int = 12, smin: float = 0.2, max_factor: float = 4.0,
                max_sigma: float | None = None) -> np.ndarray:
     """Logarithmic grid of Gaussian widths (pixels) from ``smin`` to ``max_factor * r50``.
 
@@ -162,12 +165,19 @@ class PixelPSF:
         # full convolution index of padded pixel i is i + h; the stamp starts at padded index h
         return out[:, 2 * hy:2 * hy + self.shape[0], 2 * hx:2 * hx + self.shape[1]]
 
+    def components(self, centre, sigma, q, phi) -> np.ndarray:
+        """(K, ny, nx) unit-flux components centred at ``centre`` (stamp pixels), convolved."""
+        hy, hx = self.half
+        return self.convolve(component_images(self.padded, (centre[0] + hy, centre[1] + hx), sigma, q, phi))
+
 
 def fit_multigauss(image: np.ndarray, error: np.ndarray, mask: np.ndarray, psf_sigma: np.ndarray | None,
                    psf_weight: np.ndarray | None, *, psf_image: np.ndarray | None = None,
-                   sigma: np.ndarray | None = None, sky_model: str = "flat",
+                   sigma: np.ndarray | None = None, n_components: int = 12, max_factor: float = 4.0,
+                   sky_model: str = "flat",
                    region: np.ndarray | None = None, centre: tuple[float, float] | None = None,
-                   max_centre_shift: float = 3.0) -> MultiGaussFit:
+                   max_centre_shift: float = 3.0, sky_prior: bool = True,
+                   sky_region: np.ndarray | None = None, n_bootstrap: int = 50) -> MultiGaussFit:
     """Fit the multi-Gaussian model to one band.
 
     Parameters
@@ -183,15 +193,35 @@ def fit_multigauss(image: np.ndarray, error: np.ndarray, mask: np.ndarray, psf_s
         with it by FFT instead of using the mixture: no PSF-model mismatch (a positive
         Gaussian mixture cannot follow Airy rings, which biased r50 by up to ~7% in F444W).
     sigma : array (K,), optional
-        Component widths (pixels).  Default :func:`sigma_grid` from the image moments.
+        Component widths (pixels).  Default: :func:`sigma_grid` with ``n_components``
+        widths up to ``max_factor`` times the half-light radius from the image moments.
+    n_components, max_factor : int, float
+        The default grid (see ``sigma``).
     sky_model : {"none", "flat", "plane"}
         Sky fitted with the galaxy (default a constant).
     region : bool array, optional
-        Pixels of the galaxy (e.g. its segment) used for the initial moments.
+        Pixels of the galaxy (e.g. its segment) used for the initial moments (default:
+        pixels above 2 sigma).
     centre : (y, x), optional
         Initial centre (pixels); default from moments.
     max_centre_shift : float
         Bound on the centre's move from its initial value (pixels).
+    sky_prior : bool
+        Constrain the sky coefficients with a Gaussian prior measured on sky pixels
+        (weighted least squares with 3-sigma clipping).  Without it the sky and the
+        widest Gaussians trade flux: a free flat sky gave total-flux errors up to 3.4%
+        on the synthetic galaxy at S/N 100, against < 2% with the prior.
+    sky_region : bool array, optional
+        Pixels for the sky prior.  Default: unmasked pixels outside ``region`` grown by
+        max(6, 1.5 r50) pixels (closer pixels hold the galaxy's wings and bias the sky
+        high: growing by 3 px gave fluxes 2% low), or beyond 3 moment half-light radii
+        from the centre without ``region``.
+    n_bootstrap : int
+        Parametric-bootstrap draws (at the fitted geometry) for ``flux_error``: noise is
+        added to the best-fit model and the bounded linear solve repeated, so the
+        non-negativity of the fluxes is respected.  Measured on synthetic galaxies the
+        pulls have a standard deviation of ~0.75; for a point source the real scatter is
+        ~3x larger, because the shape (q, PA) of faint wide components fits noise.
 
     Returns
     -------
@@ -210,13 +240,17 @@ def fit_multigauss(image: np.ndarray, error: np.ndarray, mask: np.ndarray, psf_s
     if use.sum() < 10:
         raise FitError(f"only {int(use.sum())} usable pixels: the band is (almost) fully masked")
     shape = img.shape
-    reg = use if region is None else (use & np.asarray(region, bool))
+    if region is None:  # without a segment, the significant pixels (noise would inflate the moments)
+        reg = use & (img > 2 * err)
+        reg = reg if reg.sum() >= 3 else use
+    else:
+        reg = use & np.asarray(region, bool)
     if reg.sum() < 3:
         raise FitError("the source region has fewer than 3 unmasked pixels (source fully masked?)")
     mom = moments(np.where(reg, img, 0.0), reg.astype(float))
     c0 = np.array(centre if centre is not None else mom["centre"], float)
     if sigma is None:
-        sigma = sigma_grid(mom["r50_guess"], max_sigma=0.5 * max(shape))
+        sigma = sigma_grid(mom["r50_guess"], n=n_components, max_factor=max_factor, max_sigma=0.5 * max(shape))
     sigma = np.asarray(sigma, float)
     K = sigma.size
     sky_b = _sky_basis(shape, sky_model)
@@ -224,6 +258,19 @@ def fit_multigauss(image: np.ndarray, error: np.ndarray, mask: np.ndarray, psf_s
     wflat = (1.0 / np.where(use, err, np.inf)).ravel()[use.ravel()]
     b = (img.ravel()[use.ravel()]) * wflat
     sky_cols = (sky_b[:, use.ravel()] * wflat).T
+    skypix = _sky_pixels(use, reg if region is not None else None, mom, sky_region)
+    sky_noise = float(np.median(err[skypix])) if skypix.any() else float(np.median(err[use]))
+    prior_rows = np.zeros((0, K + nsky))
+    prior_b = np.zeros(0)
+    if nsky and sky_prior:
+        est = _sky_estimate(img, err, skypix, sky_b)
+        if est is not None:
+            mean, cov = est
+            # rows R with R^T R = cov^-1, so ||R (c - mean)||^2 is the prior's chi^2
+            R = np.linalg.cholesky(np.linalg.inv(cov)).T
+            prior_rows = np.hstack([np.zeros((nsky, K)), R])
+            prior_b = R @ mean
+    b = np.concatenate([b, prior_b])
     lb = np.concatenate([np.zeros(K), np.full(nsky, -np.inf)])
     ub = np.full(K + nsky, np.inf)
 
@@ -233,12 +280,12 @@ def fit_multigauss(image: np.ndarray, error: np.ndarray, mask: np.ndarray, psf_s
 
     def design(x):
         if pix is not None:
-            hy, hx = pix.half
-            comps = pix.convolve(component_images(pix.padded, (x[0] + hy, x[1] + hx), sigma, x[2], x[3]))
+            comps = pix.components((x[0], x[1]), sigma, x[2], x[3])
         else:
             comps = component_images(shape, (x[0], x[1]), sigma, x[2], x[3], psf_sigma, psf_weight)
         A = comps.reshape(K, -1)[:, use.ravel()].T * wflat[:, None]
-        return np.hstack([A, sky_cols]) if nsky else A
+        A = np.hstack([A, sky_cols]) if nsky else A
+        return np.vstack([A, prior_rows])
 
     def solve(x):
         A = design(x)
@@ -254,22 +301,69 @@ def fit_multigauss(image: np.ndarray, error: np.ndarray, mask: np.ndarray, psf_s
     res = least_squares(resid, x0, bounds=(lo, hi), diff_step=1e-4, x_scale=np.array([0.1, 0.1, 0.05, 0.1]),
                         max_nfev=200)
     A, coef = solve(res.x)
-    r = A @ coef - b
+    npix = int(use.sum())
+    r = (A @ coef - b)[:npix]  # data residuals only (no prior rows)
     chi2 = float(r @ r)
     ndof = int(use.sum() - (K + nsky + 4))
-    # flux uncertainty from the linear part (components with non-zero flux), scaled by chi2
-    act = np.concatenate([coef[:K] > 0, np.ones(nsky, bool)])
-    flux_err = np.nan
-    try:
-        Aa = A[:, act]
-        cov = np.linalg.inv(Aa.T @ Aa) * max(chi2 / max(ndof, 1), 1.0)
-        nk = int(act[:K].sum())
-        flux_err = float(np.sqrt(np.sum(cov[:nk, :nk])))
-    except np.linalg.LinAlgError:
-        pass
+    flux_err, sky_err = _bootstrap_errors(A, coef, lb, ub, K, scale=np.sqrt(max(chi2 / max(ndof, 1), 1.0)),
+                                          n_draws=n_bootstrap)
     q, phi = float(res.x[2]), float(res.x[3])
     phi = float(np.mod(phi, np.pi))
     return MultiGaussFit(sigma=sigma, flux=coef[:K], centre=(float(res.x[0]), float(res.x[1])), q=q, phi=phi,
                          sky=coef[K:], sky_model=sky_model, chi2=chi2, ndof=ndof, flux_error=flux_err,
                          success=bool(res.success), message=str(res.message),
-                         info={"nfev": int(res.nfev), "initial": mom})
+                         info={"nfev": int(res.nfev), "initial": mom, "sky_noise": sky_noise, "sky_error": sky_err,
+                               "sky_pixels": int(skypix.sum())})
+
+
+def _bootstrap_errors(A, coef, lb, ub, K, *, scale: float, n_draws: int, seed: int = 0):
+    """Std of the total flux and of the sky constant over parametric-bootstrap refits.
+
+    ``A`` and the data are whitened (unit noise), so simulated data are ``A coef + N(0, 1)``
+    (times ``scale``, the sqrt of the reduced chi^2 when it exceeds 1).  Deterministic for a seed.
+    """
+    if n_draws < 2:
+        return float("nan"), float("nan")
+    Q, R = np.linalg.qr(A)
+    rng = np.random.default_rng(seed)
+    base = R @ coef
+    # Q^T of white noise is white noise of the reduced dimension
+    draws = np.array([bounded_lstsq_reduced(R, base + scale * rng.standard_normal(R.shape[0]), lb, ub)
+                      for _ in range(n_draws)])
+    flux = draws[:, :K].sum(1)
+    sky = draws[:, K] if draws.shape[1] > K else np.zeros(n_draws)
+    return float(np.std(flux, ddof=1)), float(np.std(sky, ddof=1))
+
+
+def _sky_pixels(use, region, mom, sky_region) -> np.ndarray:
+    if sky_region is not None:
+        return use & np.asarray(sky_region, bool)
+    if region is not None:
+        from scipy.ndimage import binary_dilation
+
+        grow = max(6, int(round(1.5 * mom["r50_guess"])))  # keep the galaxy's wings out of the sky
+        return use & ~binary_dilation(region, iterations=grow)
+    yy, xx = np.indices(use.shape)
+    r = np.hypot(yy - mom["centre"][0], xx - mom["centre"][1])
+    return use & (r > 3 * mom["r50_guess"])
+
+
+def _sky_estimate(img, err, skypix, sky_b, nclip: int = 3):
+    """Weighted least-squares sky coefficients and covariance on ``skypix`` with 3-sigma clipping."""
+    sel = skypix.ravel().copy()
+    nsky = sky_b.shape[0]
+    for _ in range(nclip + 1):
+        if sel.sum() < 10 * nsky:
+            return None
+        w = 1.0 / err.ravel()[sel]
+        B = sky_b[:, sel].T * w[:, None]
+        y = img.ravel()[sel] * w
+        coef, *_ = np.linalg.lstsq(B, y, rcond=None)
+        z = y - B @ coef
+        keep = np.abs(z) < 3 * max(1.4826 * np.median(np.abs(z)), 1e-12)
+        if keep.all():
+            break
+        idx = np.flatnonzero(sel)
+        sel[idx[~keep]] = False
+    cov = np.linalg.inv(B.T @ B) * max(float(z @ z) / max(B.shape[0] - nsky, 1), 1.0)
+    return coef, cov

@@ -381,20 +381,6 @@ def _load_psf(value: Any, band: str, image_scale: float, size: Any) -> np.ndarra
 
 
 # ---------------------------------------------------------------------------
-# segmentation
-# ---------------------------------------------------------------------------
-def _own_label(seg: np.ndarray, centre: tuple[int, int]) -> int:
-    cy, cx = centre
-    if 0 <= cy < seg.shape[0] and 0 <= cx < seg.shape[1] and seg[cy, cx] > 0:
-        return int(seg[cy, cx])
-    iy, ix = np.nonzero(seg > 0)
-    if iy.size == 0:
-        return 0
-    k = np.argmin((iy - cy) ** 2 + (ix - cx) ** 2)
-    return int(seg[iy[k], ix[k]])
-
-
-# ---------------------------------------------------------------------------
 # the reader
 # ---------------------------------------------------------------------------
 def open_stamps(source: Any, *, bands: Sequence[str] | None = None, psf: Any = None,
@@ -695,7 +681,7 @@ def _open(refs, folder, band_list, cache, *, source, psf, center, size, matched_
     own = 0
     neighbours = np.zeros((ny, nx), dtype=bool)
     if seg is not None:
-        own = _own_label(seg, centre)
+        own = schema.source_label(seg, centre)
         neighbours = (seg > 0) & (seg != own)
 
     img = np.stack([np.asarray(sci[b]) for b in band_list])

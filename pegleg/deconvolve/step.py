@@ -1,0 +1,308 @@
+"""The deconvolve step: PSF-corrected images as intrinsic model + residuals.
+
+Each band is fitted with the multi-Gaussian model of :mod:`pegleg.deconvolve.fit`
+(imcascade's model: concentric elliptical Gaussians convolved with the PSF).  The
+PSF-corrected image is the *intrinsic* (unconvolved) model plus the fit residuals
+(Szomoru et al. 2010): the model carries the resolved structure, the residuals keep
+what the model misses (clumps, asymmetries) at the observed resolution.
+
+Pixel convention: the intrinsic model is integrated over pixels and convolved with the
+PSF image (which is itself pixel-integrated), exactly as :func:`pegleg.synth.galaxy`
+builds its observed images.  Relative to the strict "point-sampled model convolved with
+the effective PSF" this adds 1/12 px^2 of variance, ~0.5% in r50 for a 3-pixel galaxy.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from .. import schema as S
+from ..exceptions import FitError, PeglegError, PeglegWarning, PSFError
+from .fit import SKY_MODELS, fit_multigauss
+
+__all__ = ["deconvolve", "deconvolve_band", "qa"]
+
+#: QA thresholds: the mission's checks on a deconvolution.
+QA_RESIDUAL_FRACTION = 0.2
+QA_SKY_SIGMA = 1.0
+QA_CENTRE_PIXELS = 2.0
+
+
+def _trim_psf(psf: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Cut the PSF to at most the stamp's size (odd), *without* renormalising.
+
+    Light the PSF scatters farther than the stamp from the source lands outside the
+    stamp, so keeping the truncated kernel's sum below 1 predicts the stamp correctly
+    while cutting the FFT size (101-px model PSFs on 65-px stamps).
+    """
+    ny = min(psf.shape[0], shape[0] - (1 - shape[0] % 2))
+    nx = min(psf.shape[1], shape[1] - (1 - shape[1] % 2))
+    cy, cx = psf.shape[0] // 2, psf.shape[1] // 2
+    return psf[cy - ny // 2:cy + ny // 2 + 1, cx - nx // 2:cx + nx // 2 + 1]
+
+
+def deconvolve_band(image: np.ndarray, error: np.ndarray, mask: np.ndarray, psf: np.ndarray, *,
+                    region: np.ndarray | None = None, sky_model: str = "flat", n_components: int = 12,
+                    max_factor: float = 4.0, sigma: np.ndarray | None = None) -> dict[str, Any]:
+    """Deconvolve one band; plain numpy in and out (picklable for worker processes).
+
+    Parameters
+    ----------
+    image, error : arrays (ny, nx)
+        Flux per pixel and 1-sigma error.
+    mask : bool array (ny, nx)
+        True = not used.
+    psf : array (n, m)
+        PSF image, odd-sized, centred, sum 1.
+    region : bool array, optional
+        The source's segment.
+    sky_model, n_components, max_factor, sigma
+        See :func:`deconvolve`.
+
+    Returns
+    -------
+    dict
+        ``model``, ``model_convolved``, ``residual`` (NaN where masked), ``sky_image``,
+        ``fit`` (:class:`~pegleg.deconvolve.fit.MultiGaussFit`).
+
+    Raises
+    ------
+    PSFError, FitError
+        For an unusable PSF or band.
+    """
+    psf = np.asarray(psf, dtype=np.float64)
+    if not np.all(np.isfinite(psf)) or not psf.sum() > 0:
+        raise PSFError(f"psf: sum {np.nansum(psf):g} or non-finite values; not a PSF")
+    psf = _trim_psf(psf, image.shape)
+    fit = fit_multigauss(image, error, mask, None, None, psf_image=psf, sigma=sigma, n_components=n_components,
+                         max_factor=max_factor, sky_model=sky_model, region=region)
+    shape = image.shape
+    model = fit.model(shape)
+    model_conv = fit.model(shape, psf_image=psf)
+    sky = fit.sky_image(shape)
+    residual = np.where(mask, np.nan, image - sky - model_conv)
+    return {"model": model, "model_convolved": model_conv, "residual": residual, "sky_image": sky, "fit": fit}
+
+
+def _progress(iterable, total: int, progress: bool | None, desc: str):
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc)
+
+
+def _psf_for(ds: xr.Dataset, band: str, psf: Any) -> tuple[np.ndarray, str | None]:
+    """(PSF image, name of the band whose PSF it is or None for a user array)."""
+    if psf is None:
+        return ds[S.PSF].sel({S.BAND: band}).values, None
+    if isinstance(psf, str):
+        if psf not in ds[S.BAND].values:
+            raise PSFError(f"psf={psf!r}: no such band; available: {[str(b) for b in ds[S.BAND].values]}")
+        return ds[S.PSF].sel({S.BAND: psf}).values, psf
+    return S.check_psf_array(psf, "psf argument"), None
+
+
+def deconvolve(ds: xr.Dataset, bands=None, psf: Any = None, *, sky_model: str = "flat",
+               n_components: int = 12, max_factor: float = 4.0, n_workers: int = 1,
+               progress: bool | None = None) -> xr.Dataset:
+    """PSF-correct every band: ``image`` becomes intrinsic model + residual.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        A stamp Dataset (:mod:`pegleg.schema`).
+    bands : sequence of str, optional
+        Bands to deconvolve (default all); the others are dropped from the result.
+    psf : str or array, optional
+        Deconvolve every band with this PSF: a band name (``"F444W"``, for images
+        PSF-matched to that band: match-then-deconvolve) or an odd, centred PSF array at
+        the image pixel scale.  Default: each band's own ``psf``.
+    sky_model : {"flat", "plane", "none"}
+        Sky fitted together with the galaxy, constrained by a prior measured on pixels
+        well outside the source segment.  Use "none" for sky-free (e.g. synthetic) data.
+    n_components : int
+        Number of Gaussians, log-spaced from 0.5 px to ``max_factor`` x the source's
+        half-light radius (from image moments).
+    max_factor : float
+        Largest Gaussian width in units of that radius (an over-wide grid trades flux
+        with the sky).
+    n_workers : int
+        Processes for the bands (dask); 1 runs in this process.
+    progress : bool, optional
+        tqdm progress bar (default: when stderr is a terminal).
+
+    Returns
+    -------
+    xarray.Dataset
+        A copy with ``image`` = model + residual (model alone where masked), the input
+        image as ``image_observed``, ``model``, ``model_convolved``, ``residual``
+        (band, y, x), per-band ``flux_total``, ``flux_total_error`` (image units),
+        ``r50``, ``r80`` (arcsec), ``sky``, ``sky_noise``, ``chi2_reduced``,
+        ``residual_fraction``, ``centre_y``, ``centre_x`` (pixel), ``axis_ratio``,
+        ``position_angle`` (deg, counter-clockwise from +x), ``deconvolve_ok``,
+        ``deconvolve_message``, the components ``mgm_sigma`` (pixel) and ``mgm_flux``
+        (band, component), ``psf`` set to a delta function and ``resolution`` set to
+        ``"deconvolved"`` (or ``"deconvolved:<BAND>"`` when every band used one band's PSF).
+
+    A band that cannot be fitted (fully masked source, all NaN, PSF that is not a PSF)
+    gets NaN results, ``deconvolve_ok=False`` and the reason in ``deconvolve_message``,
+    with a :class:`~pegleg.PeglegWarning`; the other bands are still fitted.
+    """
+    S.validate(ds)
+    if sky_model not in SKY_MODELS:
+        raise FitError(f"sky_model: expected one of {SKY_MODELS}, got {sky_model!r}")
+    if S.IMAGE_OBSERVED in ds:
+        raise S.SchemaError("this Dataset is already deconvolved (it has 'image_observed'); "
+                            "deconvolve the observed Dataset instead")
+    all_bands = [str(b) for b in ds[S.BAND].values]
+    blist = all_bands if bands is None else ([bands] if isinstance(bands, str) else list(bands))
+    missing = [b for b in blist if b not in all_bands]
+    if missing:
+        raise S.SchemaError(f"bands: {missing} not in the Dataset; available: {all_bands}")
+    ds = ds.sel({S.BAND: blist})
+    region, neighbours = S.source_region(ds)
+    psf_source = None
+    if psf is None and ds.attrs.get(S.RESOLUTION, "").startswith("matched:"):
+        psf_source = ds.attrs[S.RESOLUTION].split(":", 1)[1]
+    jobs = []
+    for b in blist:
+        p, named = _psf_for(ds, b, psf)
+        psf_source = named if named is not None else psf_source
+        d = ds.sel({S.BAND: b})
+        jobs.append((b, d[S.IMAGE].values, d[S.ERROR].values, d[S.MASK].values | neighbours, p))
+    kw = dict(region=region, sky_model=sky_model, n_components=n_components, max_factor=max_factor)
+
+    def run(job):
+        b, img, err, msk, p = job
+        try:
+            return b, deconvolve_band(img, err, msk, p, **kw), None
+        except PeglegError as exc:
+            return b, None, f"{type(exc).__name__}: {exc}"
+
+    if n_workers > 1:
+        import dask
+
+        results = dask.compute(*[dask.delayed(run)(j) for j in jobs], scheduler="processes",
+                               num_workers=n_workers)
+    else:
+        results = [run(j) for j in _progress(jobs, len(jobs), progress, "deconvolve")]
+    return _assemble(ds, results, psf, psf_source, kw, n_workers)
+
+
+def _assemble(ds, results, psf, psf_source, kw, n_workers) -> xr.Dataset:
+    nb, ny, nx = ds.sizes[S.BAND], ds.sizes[S.Y], ds.sizes[S.X]
+    ps = float(ds.attrs[S.PIXEL_SCALE])
+    K = max([r["fit"].sigma.size for _, r, _ in results if r is not None] or [kw["n_components"]])
+    cube = {k: np.full((nb, ny, nx), np.nan) for k in ("model", "model_convolved", "residual", "sky_image")}
+    per = {k: np.full(nb, np.nan) for k in (S.FLUX_TOTAL, S.FLUX_TOTAL_ERROR, S.R50, S.R80, S.SKY, S.SKY_NOISE,
+                                           S.CHI2_REDUCED, S.RESIDUAL_FRACTION, S.CENTRE_Y, S.CENTRE_X,
+                                           S.AXIS_RATIO, S.POSITION_ANGLE)}
+    ok = np.zeros(nb, bool)
+    msgs = np.empty(nb, dtype=object)
+    sig = np.full((nb, K), np.nan)
+    flx = np.full((nb, K), np.nan)
+    region, _ = S.source_region(ds)
+    failed = []
+    for i, (b, r, err) in enumerate(results):
+        if r is None:
+            msgs[i] = err
+            failed.append(b)
+            continue
+        f = r["fit"]
+        for k in cube:
+            cube[k][i] = r[k]
+        ok[i] = True
+        msgs[i] = "ok" if f.success else f"least squares: {f.message}"
+        per[S.FLUX_TOTAL][i] = f.flux_total
+        per[S.FLUX_TOTAL_ERROR][i] = f.flux_error
+        per[S.R50][i] = f.radius(0.5) * ps
+        per[S.R80][i] = f.radius(0.8) * ps
+        per[S.SKY][i] = f.sky[0] if f.sky.size else 0.0
+        per[S.SKY_NOISE][i] = f.info["sky_noise"]
+        per[S.CHI2_REDUCED][i] = f.chi2_reduced
+        per[S.CENTRE_Y][i], per[S.CENTRE_X][i] = f.centre
+        per[S.AXIS_RATIO][i] = f.q
+        per[S.POSITION_ANGLE][i] = np.degrees(f.phi)
+        sig[i, :f.sigma.size], flx[i, :f.sigma.size] = f.sigma, f.flux
+        inside = ~ds[S.MASK].values[i] & np.isfinite(r["residual"])
+        if region is not None:
+            inside &= region
+        with np.errstate(invalid="ignore", divide="ignore"):
+            frac = np.abs(r["residual"][inside]) / np.abs(r["model_convolved"][inside])
+        per[S.RESIDUAL_FRACTION][i] = float(np.median(frac)) if frac.size else np.nan
+    if failed:
+        warnings.warn(f"deconvolve: band(s) {failed} could not be fitted: "
+                      + "; ".join(str(m) for m, b in zip(msgs, ds[S.BAND].values) if str(b) in failed),
+                      PeglegWarning, stacklevel=3)
+    img = ds[S.IMAGE].values
+    new_image = np.where(np.isnan(cube["residual"]), cube["model"], cube["model"] + cube["residual"])
+    new_image = np.where(ok[:, None, None], new_image, img)
+    out = ds.copy()
+    delta = np.zeros(ds[S.PSF].shape)
+    delta[:, ds.sizes[S.PSF_Y] // 2, ds.sizes[S.PSF_X] // 2] = 1.0
+    out[S.PSF] = ds[S.PSF].copy(data=delta)
+    out = out.assign({
+        S.IMAGE: ds[S.IMAGE].copy(data=new_image),
+        S.IMAGE_OBSERVED: S.variable(S.IMAGE_OBSERVED, img, ds),
+        S.MODEL: S.variable(S.MODEL, cube["model"], ds),
+        S.MODEL_CONVOLVED: S.variable(S.MODEL_CONVOLVED, cube["model_convolved"], ds),
+        S.RESIDUAL: S.variable(S.RESIDUAL, cube["residual"], ds),
+        S.FIT_OK: S.variable(S.FIT_OK, ok, ds),
+        S.FIT_MESSAGE: S.variable(S.FIT_MESSAGE, msgs, ds),
+        S.MGM_SIGMA: S.variable(S.MGM_SIGMA, sig, ds),
+        S.MGM_FLUX: S.variable(S.MGM_FLUX, flx, ds),
+        **{k: S.variable(k, v, ds) for k, v in per.items()},
+    })
+    out[S.IMAGE].attrs["long_name"] = "PSF-corrected flux per pixel (intrinsic model + residual)"
+    out.attrs[S.RESOLUTION] = f"deconvolved:{psf_source}" if psf_source else "deconvolved"
+    params = {**kw, "bands": [str(b) for b in ds[S.BAND].values], "n_workers": n_workers,
+              "psf": psf if isinstance(psf, str) or psf is None else "<array>",
+              "method": "pegleg multi-Gaussian least squares (imcascade model)"}
+    params.pop("region", None)
+    return S.append_history(out, "deconvolve", params)
+
+
+def qa(ds: xr.Dataset):
+    """Quality table of a deconvolved Dataset, one row per band (a pandas DataFrame).
+
+    Columns: the fit's ``flux_total``, ``flux_total_error``, ``r50``, ``sky``,
+    ``sky_noise``, ``chi2_reduced``, ``residual_fraction``, and the mission's checks as
+    booleans: ``residual_ok`` (median |residual| < 20% of the convolved model inside the
+    segment), ``sky_ok`` (|sky| < 1 sigma of the per-pixel sky noise), ``centre_ok``
+    (model centre within 2 pixels of the segment's flux-weighted centre, or of the stamp
+    centre), and ``ok`` (all three and the fit succeeded).
+    """
+    import pandas as pd
+
+    if S.MODEL not in ds:
+        raise S.SchemaError("qa: this Dataset has not been deconvolved (no 'model'); run ds.pegleg.deconvolve()")
+    region, _ = S.source_region(ds)
+    ny, nx = ds.sizes[S.Y], ds.sizes[S.X]
+    rows = []
+    for b in ds[S.BAND].values:
+        d = ds.sel({S.BAND: b})
+        if region is not None:
+            w = np.where(region & ~d[S.MASK].values, np.clip(np.nan_to_num(d[S.IMAGE_OBSERVED].values), 0, None), 0)
+            yy, xx = np.indices(w.shape)
+            cy, cx = ((w * yy).sum() / w.sum(), (w * xx).sum() / w.sum()) if w.sum() > 0 else ((ny - 1) / 2, (nx - 1) / 2)
+        else:
+            cy, cx = (ny - 1) / 2, (nx - 1) / 2
+        row = {"band": str(b)}
+        for k in (S.FLUX_TOTAL, S.FLUX_TOTAL_ERROR, S.R50, S.SKY, S.SKY_NOISE, S.CHI2_REDUCED, S.RESIDUAL_FRACTION):
+            row[k] = float(d[k])
+        row["centre_offset"] = float(np.hypot(float(d[S.CENTRE_Y]) - cy, float(d[S.CENTRE_X]) - cx))
+        row["residual_ok"] = bool(row[S.RESIDUAL_FRACTION] < QA_RESIDUAL_FRACTION)
+        row["sky_ok"] = bool(abs(row[S.SKY]) < QA_SKY_SIGMA * row[S.SKY_NOISE])
+        row["centre_ok"] = bool(row["centre_offset"] < QA_CENTRE_PIXELS)
+        row["ok"] = bool(d[S.FIT_OK]) and row["residual_ok"] and row["sky_ok"] and row["centre_ok"]
+        row["message"] = str(d[S.FIT_MESSAGE].values)
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("band")
