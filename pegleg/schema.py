@@ -97,7 +97,7 @@ VARIABLES.update({
     R50: ((BAND,), "arcsec", "semi-major axis enclosing 50% of the model flux"),
     R80: ((BAND,), "arcsec", "semi-major axis enclosing 80% of the model flux"),
     SKY: ((BAND,), IMAGE_UNIT, "fitted sky level per pixel at the stamp centre"),
-    SKY_NOISE: ((BAND,), IMAGE_UNIT, "median 1-sigma error per pixel of the sky pixels"),
+    SKY_NOISE: ((BAND,), IMAGE_UNIT, "robust pixel-to-pixel rms of the sky pixels"),
     CHI2_REDUCED: ((BAND,), "1", "reduced chi-square of the fit"),
     RESIDUAL_FRACTION: ((BAND,), "1", "median |residual| / convolved model inside the source segment"),
     CENTRE_Y: ((BAND,), "pixel", "model centre, row"),

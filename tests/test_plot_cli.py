@@ -57,3 +57,15 @@ def test_cli_demo_and_info(tmp_path, capsys):
 def test_cli_error_is_clean(tmp_path, capsys):
     assert main(["info", str(tmp_path / "missing.nc")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_deconvolution_figure():
+    obs, _ = pegleg.synth.galaxy(["F150W", "F444W"], seed=1)
+    out = obs.pegleg.deconvolve(sky_model="none")
+    fig = out.pegleg.plot.deconvolution()
+    assert isinstance(fig, Figure)
+    assert len(fig.axes) == 8
+    assert [ax.get_title() for ax in fig.axes[:4]] == ["data", "model * PSF", "residual", "PSF-corrected"]
+    assert "F444W" in fig.axes[4].get_ylabel()
+    with pytest.raises(SchemaError, match="not been deconvolved"):
+        obs.pegleg.plot.deconvolution()

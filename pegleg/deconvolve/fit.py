@@ -142,33 +142,43 @@ def sigma_grid(r50: float, *, n: int = 12, smin: float = 0.2, max_factor: float 
 class PixelPSF:
     """Convolution of component images with a PSF image by FFT (PSF transform cached).
 
-    Components are rendered on the stamp padded by the PSF half-size, so light that the
-    PSF scatters across the stamp edge is accounted for, then cropped.
+    Components are rendered on the stamp padded by ``pad`` pixels (default: the PSF
+    half-size, at most :data:`MAX_PAD`), so model light just outside the stamp that the
+    PSF scatters in is counted, then convolved and cropped.  The FFT length only has to
+    stop the circular wrap-around from reaching the stamp, ``n + pad + h`` (not the full
+    linear-convolution length), which keeps the transforms small.
     """
 
-    def __init__(self, psf: np.ndarray, shape: tuple[int, int]):
+    MAX_PAD = 16
+
+    def __init__(self, psf: np.ndarray, shape: tuple[int, int], pad: int | None = None):
         from scipy import fft
 
         self._fft = fft
         psf = np.asarray(psf, float)
         self.half = (psf.shape[0] // 2, psf.shape[1] // 2)
         self.shape = tuple(shape)
-        self.padded = (shape[0] + 2 * self.half[0], shape[1] + 2 * self.half[1])
-        self.fshape = (fft.next_fast_len(self.padded[0] + psf.shape[0] - 1, True),
-                       fft.next_fast_len(self.padded[1] + psf.shape[1] - 1, True))
+        if pad is None:
+            self.pad = (min(self.half[0], self.MAX_PAD), min(self.half[1], self.MAX_PAD))
+        else:
+            self.pad = (int(pad), int(pad))
+        self.padded = (shape[0] + 2 * self.pad[0], shape[1] + 2 * self.pad[1])
+        # full-convolution index of stamp pixel s is s + pad + h; its wrap-around partner
+        # (index + L) must lie beyond the last linear index n + 2 pad + 2 h - 1
+        self.fshape = tuple(fft.next_fast_len(max(n + p + h, n + 2 * p), True)
+                            for n, p, h in zip(shape, self.pad, self.half))
         self.psf_ft = fft.rfft2(psf, self.fshape)
 
     def convolve(self, comps: np.ndarray) -> np.ndarray:
         """(K, padded_y, padded_x) intrinsic images -> (K, ny, nx) convolved, cropped to the stamp."""
         out = self._fft.irfft2(self._fft.rfft2(comps, self.fshape) * self.psf_ft, self.fshape)
-        hy, hx = self.half
-        # full convolution index of padded pixel i is i + h; the stamp starts at padded index h
-        return out[:, 2 * hy:2 * hy + self.shape[0], 2 * hx:2 * hx + self.shape[1]]
+        oy, ox = self.pad[0] + self.half[0], self.pad[1] + self.half[1]
+        return out[:, oy:oy + self.shape[0], ox:ox + self.shape[1]]
 
     def components(self, centre, sigma, q, phi) -> np.ndarray:
         """(K, ny, nx) unit-flux components centred at ``centre`` (stamp pixels), convolved."""
-        hy, hx = self.half
-        return self.convolve(component_images(self.padded, (centre[0] + hy, centre[1] + hx), sigma, q, phi))
+        py, px = self.pad
+        return self.convolve(component_images(self.padded, (centre[0] + py, centre[1] + px), sigma, q, phi))
 
 
 def fit_multigauss(image: np.ndarray, error: np.ndarray, mask: np.ndarray, psf_sigma: np.ndarray | None,
@@ -259,7 +269,10 @@ def fit_multigauss(image: np.ndarray, error: np.ndarray, mask: np.ndarray, psf_s
     b = (img.ravel()[use.ravel()]) * wflat
     sky_cols = (sky_b[:, use.ravel()] * wflat).T
     skypix = _sky_pixels(use, reg if region is not None else None, mom, sky_region)
-    sky_noise = float(np.median(err[skypix])) if skypix.any() else float(np.median(err[use]))
+    # measured, not taken from the error map: PSF-matched or mosaicked error maps can be
+    # far from the pixel-to-pixel rms (seen: 4-50x in the shared JOF stamps)
+    sky_noise = (float(1.4826 * np.median(np.abs(img[skypix] - np.median(img[skypix]))))
+                 if skypix.sum() >= 20 else float(np.median(err[use])))
     prior_rows = np.zeros((0, K + nsky))
     prior_b = np.zeros(0)
     if nsky and sky_prior:
@@ -299,7 +312,7 @@ def fit_multigauss(image: np.ndarray, error: np.ndarray, mask: np.ndarray, psf_s
     lo = np.array([c0[0] - max_centre_shift, c0[1] - max_centre_shift, 0.05, -10.0])
     hi = np.array([c0[0] + max_centre_shift, c0[1] + max_centre_shift, 1.0, 10.0])
     res = least_squares(resid, x0, bounds=(lo, hi), diff_step=1e-4, x_scale=np.array([0.1, 0.1, 0.05, 0.1]),
-                        max_nfev=200)
+                        max_nfev=200, ftol=1e-6, xtol=1e-6)
     A, coef = solve(res.x)
     npix = int(use.sum())
     r = (A @ coef - b)[:npix]  # data residuals only (no prior rows)

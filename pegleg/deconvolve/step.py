@@ -276,7 +276,7 @@ def qa(ds: xr.Dataset):
     Columns: the fit's ``flux_total``, ``flux_total_error``, ``r50``, ``sky``,
     ``sky_noise``, ``chi2_reduced``, ``residual_fraction``, and the mission's checks as
     booleans: ``residual_ok`` (median |residual| < 20% of the convolved model inside the
-    segment), ``sky_ok`` (|sky| < 1 sigma of the per-pixel sky noise), ``centre_ok``
+    segment), ``sky_ok`` (|sky| < 1 sigma of the measured per-pixel sky rms), ``centre_ok``
     (model centre within 2 pixels of the segment's flux-weighted centre, or of the stamp
     centre), and ``ok`` (all three and the fit succeeded).
     """

@@ -9,9 +9,10 @@ functions.
 
 from __future__ import annotations
 
+from .deconvolution import deconvolution
 from .stamps import stamps
 
-__all__ = ["stamps", "PlotMethods"]
+__all__ = ["stamps", "deconvolution", "PlotMethods"]
 
 
 class PlotMethods:
@@ -23,3 +24,7 @@ class PlotMethods:
     def stamps(self, *args, **kwargs):
         """Grid of band images (:func:`pegleg.plot.stamps`)."""
         return stamps(self._ds, *args, **kwargs)
+
+    def deconvolution(self, *args, **kwargs):
+        """Data, model, residual and PSF-corrected image per band (:func:`pegleg.plot.deconvolution`)."""
+        return deconvolution(self._ds, *args, **kwargs)
