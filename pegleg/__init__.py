@@ -20,10 +20,11 @@ from .exceptions import (
 from .schema import from_arrays, validate
 from .io import open_dataset, open_stamps, to_netcdf
 from . import accessor as _accessor  # noqa: F401  (registers Dataset.pegleg)
-from . import psf, synth
+from . import deconvolve, psf, synth
 
 __all__ = [
     "__version__",
+    "deconvolve",
     "psf",
     "synth",
     "from_arrays",

@@ -74,6 +74,7 @@ def test_qa_table(synthetic):
     t = out.pegleg.qa()
     assert list(t.index) == BANDS
     assert t["ok"].all() and t["residual_ok"].all() and t["sky_ok"].all() and t["centre_ok"].all()
+    assert t["detected"].all()
     with pytest.raises(SchemaError, match="not been deconvolved"):
         synthetic[0].pegleg.qa()
 
@@ -156,3 +157,11 @@ def test_psf_larger_than_stamp_is_trimmed():
     out = ds.pegleg.deconvolve(sky_model="none")
     assert bool(out["deconvolve_ok"][0])
     assert float(out["flux_total"][0]) == pytest.approx(float(truth["flux_total"][0]), rel=0.03)
+
+
+def test_workers_do_not_change_results():
+    obs, _ = pegleg.synth.galaxy(["F150W", "F277W", "F444W"], seed=7)
+    one = obs.pegleg.deconvolve(n_workers=1)
+    two = obs.pegleg.deconvolve(n_workers=2)
+    for v in ("image", "flux_total", "flux_total_error", "r50", "sky"):
+        np.testing.assert_array_equal(one[v].values, two[v].values)

@@ -1,6 +1,8 @@
 """PSF correction: multi-Gaussian (imcascade-model) fits, intrinsic model + residuals."""
 
 from .fit import MultiGaussFit, fit_multigauss, sigma_grid
+from .imcascade_backend import fit_band_imcascade
 from .step import deconvolve, deconvolve_band, qa
 
-__all__ = ["deconvolve", "deconvolve_band", "qa", "fit_multigauss", "MultiGaussFit", "sigma_grid"]
+__all__ = ["deconvolve", "deconvolve_band", "qa", "fit_multigauss", "MultiGaussFit", "sigma_grid",
+           "fit_band_imcascade"]

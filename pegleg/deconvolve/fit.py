@@ -23,6 +23,9 @@ from .gaussians import component_images
 __all__ = ["MultiGaussFit", "fit_multigauss", "sigma_grid", "moments"]
 
 SKY_MODELS = ("none", "flat", "plane")
+#: Default number of Gaussian widths.  9 is 1.8x faster but biased the F090W flux of the
+#: synthetic galaxy by +2.1% (12: +0.5%), so accuracy wins.
+N_COMPONENTS = 12
 
 
 @dataclass
@@ -125,7 +128,7 @@ def moments(image: np.ndarray, weight: np.ndarray) -> dict:
     return {"centre": (float(yc), float(xc)), "q": max(q, 0.1), "phi": phi, "r50_guess": max(r50, 0.5)}
 
 
-def sigma_grid(r50: float, *, n: int = 12, smin: float = 0.2, max_factor: float = 4.0,
+def sigma_grid(r50: float, *, n: int = N_COMPONENTS, smin: float = 0.2, max_factor: float = 4.0,
                max_sigma: float | None = None) -> np.ndarray:
     """Logarithmic grid of Gaussian widths (pixels) from ``smin`` to ``max_factor * r50``.
 
@@ -183,7 +186,7 @@ class PixelPSF:
 
 def fit_multigauss(image: np.ndarray, error: np.ndarray, mask: np.ndarray, psf_sigma: np.ndarray | None,
                    psf_weight: np.ndarray | None, *, psf_image: np.ndarray | None = None,
-                   sigma: np.ndarray | None = None, n_components: int = 12, max_factor: float = 4.0,
+                   sigma: np.ndarray | None = None, n_components: int = N_COMPONENTS, max_factor: float = 4.0,
                    sky_model: str = "flat",
                    region: np.ndarray | None = None, centre: tuple[float, float] | None = None,
                    max_centre_shift: float = 3.0, sky_prior: bool = True,

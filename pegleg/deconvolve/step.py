@@ -14,16 +14,17 @@ the effective PSF" this adds 1/12 px^2 of variance, ~0.5% in r50 for a 3-pixel g
 
 from __future__ import annotations
 
-import sys
 import warnings
+from functools import partial
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
 from .. import schema as S
+from .._parallel import parallel_map
 from ..exceptions import FitError, PeglegError, PeglegWarning, PSFError
-from .fit import SKY_MODELS, fit_multigauss
+from .fit import N_COMPONENTS, SKY_MODELS, fit_multigauss
 
 __all__ = ["deconvolve", "deconvolve_band", "qa"]
 
@@ -31,6 +32,7 @@ __all__ = ["deconvolve", "deconvolve_band", "qa"]
 QA_RESIDUAL_FRACTION = 0.2
 QA_SKY_SIGMA = 1.0
 QA_CENTRE_PIXELS = 2.0
+QA_MIN_SNR = 5.0
 
 
 def _trim_psf(psf: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -47,7 +49,7 @@ def _trim_psf(psf: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def deconvolve_band(image: np.ndarray, error: np.ndarray, mask: np.ndarray, psf: np.ndarray, *,
-                    region: np.ndarray | None = None, sky_model: str = "flat", n_components: int = 12,
+                    region: np.ndarray | None = None, sky_model: str = "flat", n_components: int = N_COMPONENTS,
                     max_factor: float = 4.0, sigma: np.ndarray | None = None) -> dict[str, Any]:
     """Deconvolve one band; plain numpy in and out (picklable for worker processes).
 
@@ -89,16 +91,6 @@ def deconvolve_band(image: np.ndarray, error: np.ndarray, mask: np.ndarray, psf:
     return {"model": model, "model_convolved": model_conv, "residual": residual, "sky_image": sky, "fit": fit}
 
 
-def _progress(iterable, total: int, progress: bool | None, desc: str):
-    if progress is None:
-        progress = sys.stderr.isatty()
-    if not progress:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, total=total, desc=desc)
-
-
 def _psf_for(ds: xr.Dataset, band: str, psf: Any) -> tuple[np.ndarray, str | None]:
     """(PSF image, name of the band whose PSF it is or None for a user array)."""
     if psf is None:
@@ -111,7 +103,7 @@ def _psf_for(ds: xr.Dataset, band: str, psf: Any) -> tuple[np.ndarray, str | Non
 
 
 def deconvolve(ds: xr.Dataset, bands=None, psf: Any = None, *, sky_model: str = "flat",
-               n_components: int = 12, max_factor: float = 4.0, n_workers: int = 1,
+               n_components: int = N_COMPONENTS, max_factor: float = 4.0, n_workers: int | None = None,
                progress: bool | None = None) -> xr.Dataset:
     """PSF-correct every band: ``image`` becomes intrinsic model + residual.
 
@@ -129,13 +121,14 @@ def deconvolve(ds: xr.Dataset, bands=None, psf: Any = None, *, sky_model: str = 
         Sky fitted together with the galaxy, constrained by a prior measured on pixels
         well outside the source segment.  Use "none" for sky-free (e.g. synthetic) data.
     n_components : int
-        Number of Gaussians, log-spaced from 0.5 px to ``max_factor`` x the source's
-        half-light radius (from image moments).
+        Number of Gaussians (default 12), log-spaced from 0.2 px to ``max_factor`` x the
+        source's half-light radius (from image moments).
     max_factor : float
         Largest Gaussian width in units of that radius (an over-wide grid trades flux
         with the sky).
-    n_workers : int
-        Processes for the bands (dask); 1 runs in this process.
+    n_workers : int, optional
+        Processes for the bands (default: the usable cores; 1 inside a worker process).
+        1 runs in this process.  Results do not depend on it.
     progress : bool, optional
         tqdm progress bar (default: when stderr is a terminal).
 
@@ -180,21 +173,18 @@ def deconvolve(ds: xr.Dataset, bands=None, psf: Any = None, *, sky_model: str = 
         jobs.append((b, d[S.IMAGE].values, d[S.ERROR].values, d[S.MASK].values | neighbours, p))
     kw = dict(region=region, sky_model=sky_model, n_components=n_components, max_factor=max_factor)
 
-    def run(job):
-        b, img, err, msk, p = job
-        try:
-            return b, deconvolve_band(img, err, msk, p, **kw), None
-        except PeglegError as exc:
-            return b, None, f"{type(exc).__name__}: {exc}"
-
-    if n_workers > 1:
-        import dask
-
-        results = dask.compute(*[dask.delayed(run)(j) for j in jobs], scheduler="processes",
-                               num_workers=n_workers)
-    else:
-        results = [run(j) for j in _progress(jobs, len(jobs), progress, "deconvolve")]
+    results = parallel_map(partial(_run_band, kw=kw), jobs, n_workers=n_workers, progress=progress,
+                           desc="deconvolve")
     return _assemble(ds, results, psf, psf_source, kw, n_workers)
+
+
+def _run_band(job, kw):
+    """One band's job -> (band, result or None, error message or None); errors do not escape."""
+    b, img, err, msk, p = job
+    try:
+        return b, deconvolve_band(img, err, msk, p, **kw), None
+    except PeglegError as exc:
+        return b, None, f"{type(exc).__name__}: {exc}"
 
 
 def _assemble(ds, results, psf, psf_source, kw, n_workers) -> xr.Dataset:
@@ -275,10 +265,12 @@ def qa(ds: xr.Dataset):
 
     Columns: the fit's ``flux_total``, ``flux_total_error``, ``r50``, ``sky``,
     ``sky_noise``, ``chi2_reduced``, ``residual_fraction``, and the mission's checks as
-    booleans: ``residual_ok`` (median |residual| < 20% of the convolved model inside the
-    segment), ``sky_ok`` (|sky| < 1 sigma of the measured per-pixel sky rms), ``centre_ok``
+    booleans: ``residual_ok`` (median abs(residual) < 20% of the convolved model inside the
+    segment), ``sky_ok`` (abs(sky) < 1 sigma of the measured per-pixel sky rms), ``centre_ok``
     (model centre within 2 pixels of the segment's flux-weighted centre, or of the stamp
-    centre), and ``ok`` (all three and the fit succeeded).
+    centre), ``detected`` (flux_total / flux_total_error >= 5: below that, sizes are
+    unreliable, e.g. wide components fitting noise), and ``ok`` (all four and the fit
+    succeeded).
     """
     import pandas as pd
 
@@ -302,7 +294,9 @@ def qa(ds: xr.Dataset):
         row["residual_ok"] = bool(row[S.RESIDUAL_FRACTION] < QA_RESIDUAL_FRACTION)
         row["sky_ok"] = bool(abs(row[S.SKY]) < QA_SKY_SIGMA * row[S.SKY_NOISE])
         row["centre_ok"] = bool(row["centre_offset"] < QA_CENTRE_PIXELS)
-        row["ok"] = bool(d[S.FIT_OK]) and row["residual_ok"] and row["sky_ok"] and row["centre_ok"]
+        row["detected"] = bool(row[S.FLUX_TOTAL] >= QA_MIN_SNR * row[S.FLUX_TOTAL_ERROR])
+        row["ok"] = (bool(d[S.FIT_OK]) and row["residual_ok"] and row["sky_ok"] and row["centre_ok"]
+                     and row["detected"])
         row["message"] = str(d[S.FIT_MESSAGE].values)
         rows.append(row)
     return pd.DataFrame(rows).set_index("band")

@@ -1,0 +1,66 @@
+"""Process-level parallelism for per-band (or per-chunk) work, with a progress bar."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+__all__ = ["parallel_map", "default_workers", "progress_iter"]
+
+
+def default_workers(n_items: int) -> int:
+    """Processes to use for ``n_items`` jobs: the usable cores, 1 inside a daemon process.
+
+    Worker processes of a pool (dask.distributed workers included) are daemonic and may
+    not start their own pools, so nested calls run serially.
+    """
+    if mp.current_process().daemon:
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, n_items))
+
+
+def progress_iter(iterable, total: int, progress: bool | None, desc: str):
+    """``iterable`` wrapped in tqdm when ``progress`` (default: stderr is a terminal)."""
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc)
+
+
+def _one_thread() -> None:
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ[var] = "1"
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:
+        pass
+
+
+def parallel_map(func: Callable[[Any], Any], items: Sequence[Any], *, n_workers: int | None = None,
+                 progress: bool | None = None, desc: str = "") -> list:
+    """``[func(x) for x in items]`` in worker processes, results in input order.
+
+    Uses the ``fork`` start method where the platform has it (no re-import cost: two
+    processes deconvolved JOF-36's 19 bands 2.0x faster than one on this 2-vCPU
+    machine), one BLAS thread per worker.  ``n_workers=1`` (or a single item) runs in
+    this process.  ``func`` and ``items`` must be picklable for other start methods.
+    """
+    n = default_workers(len(items)) if n_workers is None else max(1, int(n_workers))
+    if n == 1 or len(items) <= 1:
+        return [func(x) for x in progress_iter(items, len(items), progress, desc)]
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+    with ProcessPoolExecutor(min(n, len(items)), mp_context=ctx, initializer=_one_thread) as ex:
+        return list(progress_iter(ex.map(func, items), len(items), progress, desc))
