@@ -133,6 +133,13 @@ def run_case(ds, imc_bands, truth=None):
         warnings.simplefilter("ignore")
         out = ds.pegleg.deconvolve(progress=False)
     t_peg = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.pegleg.deconvolve(progress=False, n_workers=1)
+    t_serial = time.perf_counter() - t0
+    print(f"    pegleg: {t_peg:.2f} s with default workers, {t_serial:.2f} s in one process "
+          f"(parallel speed-up {t_serial / t_peg:.2f}x)", flush=True)
     _, neighbours = S.source_region(ds)
     psf_all = ds[S.PSF]
     match = ds.attrs.get(S.RESOLUTION, "")

@@ -52,6 +52,7 @@ __all__ = [
 # ---------------------------------------------------------------------------
 BAND, Y, X, PSF_Y, PSF_X = "band", "y", "x", "psf_y", "psf_x"
 COMPONENT = "component"
+QUANTILE = "quantile"
 IMAGE, ERROR, MASK, PSF, SEGMENTATION = "image", "error", "mask", "psf", "segmentation"
 WAVELENGTH = "wavelength"
 
@@ -86,6 +87,7 @@ CHI2_REDUCED, RESIDUAL_FRACTION = "chi2_reduced", "residual_fraction"
 CENTRE_Y, CENTRE_X, AXIS_RATIO, POSITION_ANGLE = "centre_y", "centre_x", "axis_ratio", "position_angle"
 FIT_OK, FIT_MESSAGE = "deconvolve_ok", "deconvolve_message"
 MGM_SIGMA, MGM_FLUX = "mgm_sigma", "mgm_flux"
+FLUX_TOTAL_POSTERIOR, R50_POSTERIOR = "flux_total_posterior", "r50_posterior"
 
 VARIABLES.update({
     MODEL: ((BAND, Y, X), IMAGE_UNIT, "intrinsic (PSF-free) multi-Gaussian model, pixel-integrated"),
@@ -108,6 +110,8 @@ VARIABLES.update({
     FIT_MESSAGE: ((BAND,), "1", "fit status or the error that stopped it"),
     MGM_SIGMA: ((BAND, COMPONENT), "pixel", "major-axis width of each Gaussian component"),
     MGM_FLUX: ((BAND, COMPONENT), IMAGE_UNIT, "flux of each Gaussian component"),
+    FLUX_TOTAL_POSTERIOR: ((BAND, QUANTILE), IMAGE_UNIT, "posterior quantiles of the total flux at the fitted shape"),
+    R50_POSTERIOR: ((BAND, QUANTILE), "arcsec", "posterior quantiles of r50 at the fitted shape"),
 })
 
 _COORD_ATTRS = {

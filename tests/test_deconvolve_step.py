@@ -165,3 +165,28 @@ def test_workers_do_not_change_results():
     two = obs.pegleg.deconvolve(n_workers=2)
     for v in ("image", "flux_total", "flux_total_error", "r50", "sky"):
         np.testing.assert_array_equal(one[v].values, two[v].values)
+
+
+def test_posterior_method():
+    from scipy.stats import truncnorm
+
+    from pegleg.deconvolve.posterior import _std_normal_above
+
+    rng = np.random.default_rng(1)
+    for a in (-np.inf, -1.0, 0.5, 2.9, 3.1, 6.0):  # exact truncated-normal draws, body and far tail
+        z = _std_normal_above(np.full(100_000, a), rng)
+        assert z.min() >= a
+        assert z.mean() == pytest.approx(truncnorm.mean(a, np.inf), abs=0.01)
+        assert z.std() == pytest.approx(truncnorm.std(a, np.inf), abs=0.01)
+    obs, truth = pegleg.synth.galaxy(["F444W"], seed=0)
+    out = obs.pegleg.deconvolve(method="posterior")
+    q = out["flux_total_posterior"].sel(band="F444W").values
+    assert out["flux_total_posterior"].dims == ("band", "quantile")
+    # the least-squares optimum is the posterior *mode*; with fluxes >= 0 the posterior
+    # median sits above it, so only its width and its distance to the truth are checked
+    assert q[0] < q[1] < q[2] and abs(q[1] / float(truth["flux_total"][0]) - 1) < 0.02
+    assert (q[2] - q[0]) / 2 == pytest.approx(float(out["flux_total_error"][0]), rel=0.5)
+    r = out["r50_posterior"].sel(band="F444W").values
+    assert r[0] < r[1] < r[2] and abs(r[1] / float(truth["r50"][0]) - 1) < 0.05
+    with pytest.raises(pegleg.FitError, match="did not converge"):
+        obs.pegleg.deconvolve(method="dynesty")

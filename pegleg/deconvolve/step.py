@@ -33,6 +33,7 @@ QA_RESIDUAL_FRACTION = 0.2
 QA_SKY_SIGMA = 1.0
 QA_CENTRE_PIXELS = 2.0
 QA_MIN_SNR = 5.0
+METHODS = ("ls", "posterior")
 
 
 def _trim_psf(psf: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -50,7 +51,8 @@ def _trim_psf(psf: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def deconvolve_band(image: np.ndarray, error: np.ndarray, mask: np.ndarray, psf: np.ndarray, *,
                     region: np.ndarray | None = None, sky_model: str = "flat", n_components: int = N_COMPONENTS,
-                    max_factor: float = 4.0, sigma: np.ndarray | None = None) -> dict[str, Any]:
+                    max_factor: float = 4.0, sigma: np.ndarray | None = None,
+                    method: str = "ls") -> dict[str, Any]:
     """Deconvolve one band; plain numpy in and out (picklable for worker processes).
 
     Parameters
@@ -63,7 +65,7 @@ def deconvolve_band(image: np.ndarray, error: np.ndarray, mask: np.ndarray, psf:
         PSF image, odd-sized, centred, sum 1.
     region : bool array, optional
         The source's segment.
-    sky_model, n_components, max_factor, sigma
+    sky_model, n_components, max_factor, sigma, method
         See :func:`deconvolve`.
 
     Returns
@@ -88,7 +90,12 @@ def deconvolve_band(image: np.ndarray, error: np.ndarray, mask: np.ndarray, psf:
     model_conv = fit.model(shape, psf_image=psf)
     sky = fit.sky_image(shape)
     residual = np.where(mask, np.nan, image - sky - model_conv)
-    return {"model": model, "model_convolved": model_conv, "residual": residual, "sky_image": sky, "fit": fit}
+    out = {"model": model, "model_convolved": model_conv, "residual": residual, "sky_image": sky, "fit": fit}
+    if method == "posterior":
+        from .posterior import sample_fluxes
+
+        out["posterior"] = sample_fluxes(fit)
+    return out
 
 
 def _psf_for(ds: xr.Dataset, band: str, psf: Any) -> tuple[np.ndarray, str | None]:
@@ -103,7 +110,8 @@ def _psf_for(ds: xr.Dataset, band: str, psf: Any) -> tuple[np.ndarray, str | Non
 
 
 def deconvolve(ds: xr.Dataset, bands=None, psf: Any = None, *, sky_model: str = "flat",
-               n_components: int = N_COMPONENTS, max_factor: float = 4.0, n_workers: int | None = None,
+               n_components: int = N_COMPONENTS, max_factor: float = 4.0, method: str = "ls",
+               n_workers: int | None = None,
                progress: bool | None = None) -> xr.Dataset:
     """PSF-correct every band: ``image`` becomes intrinsic model + residual.
 
@@ -126,6 +134,14 @@ def deconvolve(ds: xr.Dataset, bands=None, psf: Any = None, *, sky_model: str = 
     max_factor : float
         Largest Gaussian width in units of that radius (an over-wide grid trades flux
         with the sky).
+    method : {"ls", "posterior"}
+        "ls": least squares with bootstrap flux errors.  "posterior": also sample the
+        posterior of the fluxes at the fitted shape (imcascade's "express" mode, by exact
+        Gibbs sampling of the truncated Gaussian, ~0.3 s per band; see
+        :mod:`pegleg.deconvolve.posterior`) and add ``flux_total_posterior`` and
+        ``r50_posterior`` (band, quantile).  The shape is held fixed, so these intervals
+        are too narrow for Sersic-like galaxies: on synthetic galaxies the 16-84% interval
+        contained the true flux 45% and the true r50 20% of the time.
     n_workers : int, optional
         Processes for the bands (default: the usable cores; 1 inside a worker process).
         1 runs in this process.  Results do not depend on it.
@@ -152,6 +168,10 @@ def deconvolve(ds: xr.Dataset, bands=None, psf: Any = None, *, sky_model: str = 
     S.validate(ds)
     if sky_model not in SKY_MODELS:
         raise FitError(f"sky_model: expected one of {SKY_MODELS}, got {sky_model!r}")
+    if method not in METHODS:
+        hint = (" (nested sampling did not converge on this posterior; 'posterior' samples it exactly)"
+                if method == "dynesty" else "")
+        raise FitError(f"method: expected one of {METHODS}, got {method!r}{hint}")
     if S.IMAGE_OBSERVED in ds:
         raise S.SchemaError("this Dataset is already deconvolved (it has 'image_observed'); "
                             "deconvolve the observed Dataset instead")
@@ -171,7 +191,7 @@ def deconvolve(ds: xr.Dataset, bands=None, psf: Any = None, *, sky_model: str = 
         psf_source = named if named is not None else psf_source
         d = ds.sel({S.BAND: b})
         jobs.append((b, d[S.IMAGE].values, d[S.ERROR].values, d[S.MASK].values | neighbours, p))
-    kw = dict(region=region, sky_model=sky_model, n_components=n_components, max_factor=max_factor)
+    kw = dict(region=region, sky_model=sky_model, n_components=n_components, max_factor=max_factor, method=method)
 
     results = parallel_map(partial(_run_band, kw=kw), jobs, n_workers=n_workers, progress=progress,
                            desc="deconvolve")
@@ -198,6 +218,9 @@ def _assemble(ds, results, psf, psf_source, kw, n_workers) -> xr.Dataset:
     ok = np.zeros(nb, bool)
     msgs = np.empty(nb, dtype=object)
     sig = np.full((nb, K), np.nan)
+    with_post = kw.get("method") == "posterior"
+    post_f = np.full((nb, 3), np.nan)
+    post_r = np.full((nb, 3), np.nan)
     flx = np.full((nb, K), np.nan)
     region, _ = S.source_region(ds)
     failed = []
@@ -222,6 +245,8 @@ def _assemble(ds, results, psf, psf_source, kw, n_workers) -> xr.Dataset:
         per[S.AXIS_RATIO][i] = f.q
         per[S.POSITION_ANGLE][i] = np.degrees(f.phi)
         sig[i, :f.sigma.size], flx[i, :f.sigma.size] = f.sigma, f.flux
+        if with_post:
+            post_f[i], post_r[i] = r["posterior"]["flux_total"], r["posterior"]["r50"] * ps
         inside = ~ds[S.MASK].values[i] & np.isfinite(r["residual"])
         if region is not None:
             inside &= region
@@ -251,6 +276,12 @@ def _assemble(ds, results, psf, psf_source, kw, n_workers) -> xr.Dataset:
         S.MGM_FLUX: S.variable(S.MGM_FLUX, flx, ds),
         **{k: S.variable(k, v, ds) for k, v in per.items()},
     })
+    if with_post:
+        from .posterior import QUANTILES
+
+        out = out.assign_coords({S.QUANTILE: (S.QUANTILE, np.array(QUANTILES), {"units": "1", "long_name": "posterior quantile"})})
+        out = out.assign({S.FLUX_TOTAL_POSTERIOR: S.variable(S.FLUX_TOTAL_POSTERIOR, post_f, ds),
+                          S.R50_POSTERIOR: S.variable(S.R50_POSTERIOR, post_r, ds)})
     out[S.IMAGE].attrs["long_name"] = "PSF-corrected flux per pixel (intrinsic model + residual)"
     out.attrs[S.RESOLUTION] = f"deconvolved:{psf_source}" if psf_source else "deconvolved"
     params = {**kw, "bands": [str(b) for b in ds[S.BAND].values], "n_workers": n_workers,
