@@ -39,14 +39,11 @@ def progress_iter(iterable, total: int, progress: bool | None, desc: str):
 
 
 def _one_thread() -> None:
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        os.environ[var] = "1"
-    try:
-        from threadpoolctl import threadpool_limits
+    """Worker initializer: one BLAS/OpenMP thread (two threads made small matrix products
+    2-4x slower on this project's 2-vCPU machines; processes give the parallelism)."""
+    from threadpoolctl import threadpool_limits
 
-        threadpool_limits(1)
-    except ImportError:
-        pass
+    threadpool_limits(1)
 
 
 def parallel_map(func: Callable[[Any], Any], items: Sequence[Any], *, n_workers: int | None = None,
@@ -55,12 +52,15 @@ def parallel_map(func: Callable[[Any], Any], items: Sequence[Any], *, n_workers:
 
     Uses the ``fork`` start method where the platform has it (no re-import cost: two
     processes deconvolved JOF-36's 19 bands 2.0x faster than one on this 2-vCPU
-    machine), one BLAS thread per worker.  ``n_workers=1`` (or a single item) runs in
+    machine), one BLAS thread per worker (and in this process for serial runs).  ``n_workers=1`` (or a single item) runs in
     this process.  ``func`` and ``items`` must be picklable for other start methods.
     """
+    from threadpoolctl import threadpool_limits
+
     n = default_workers(len(items)) if n_workers is None else max(1, int(n_workers))
     if n == 1 or len(items) <= 1:
-        return [func(x) for x in progress_iter(items, len(items), progress, desc)]
+        with threadpool_limits(1):
+            return [func(x) for x in progress_iter(items, len(items), progress, desc)]
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
     with ProcessPoolExecutor(min(n, len(items)), mp_context=ctx, initializer=_one_thread) as ex:
         return list(progress_iter(ex.map(func, items), len(items), progress, desc))

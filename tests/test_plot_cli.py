@@ -41,9 +41,12 @@ def test_stamps_figure():
 
 
 def test_cli_demo_and_info(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path)]) == 0
+    assert main(["demo", "--out", str(tmp_path), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "F444W" in out and "wrote" in out
+    dec = pegleg.open_dataset(tmp_path / "demo_deconvolved.nc")
+    assert dec.attrs["resolution"] == "deconvolved"
+    assert (tmp_path / "demo_deconvolution.png").stat().st_size > 10_000
     obs = xr.open_dataset(tmp_path / "demo_observed.nc")  # plain xarray reads it
     assert obs.sizes["band"] == 7
     obs.close()

@@ -23,6 +23,7 @@ import xarray as xr
 
 from .. import schema as S
 from .._parallel import parallel_map
+from ..psf.tools import trim_psf
 from ..exceptions import FitError, PeglegError, PeglegWarning, PSFError
 from .fit import N_COMPONENTS, SKY_MODELS, fit_multigauss
 
@@ -43,10 +44,8 @@ def _trim_psf(psf: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     stamp, so keeping the truncated kernel's sum below 1 predicts the stamp correctly
     while cutting the FFT size (101-px model PSFs on 65-px stamps).
     """
-    ny = min(psf.shape[0], shape[0] - (1 - shape[0] % 2))
-    nx = min(psf.shape[1], shape[1] - (1 - shape[1] % 2))
-    cy, cx = psf.shape[0] // 2, psf.shape[1] // 2
-    return psf[cy - ny // 2:cy + ny // 2 + 1, cx - nx // 2:cx + nx // 2 + 1]
+    size = tuple(min(p, n - (1 - n % 2)) for p, n in zip(psf.shape, shape))
+    return trim_psf(psf, size)
 
 
 def deconvolve_band(image: np.ndarray, error: np.ndarray, mask: np.ndarray, psf: np.ndarray, *,
