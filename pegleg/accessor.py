@@ -72,6 +72,12 @@ class PeglegAccessor:
 
         return deconvolve(self._ds, bands, psf, **kwargs)
 
+    def psf_match(self, target="F444W", **kwargs) -> xr.Dataset:
+        """Convolve every band to a common PSF (:func:`pegleg.match.psf_match`)."""
+        from .match import psf_match
+
+        return psf_match(self._ds, target, **kwargs)
+
     def qa(self):
         """Per-band quality table of a deconvolved Dataset (:func:`pegleg.deconvolve.qa`)."""
         from .deconvolve import qa

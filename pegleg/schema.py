@@ -88,6 +88,7 @@ CENTRE_Y, CENTRE_X, AXIS_RATIO, POSITION_ANGLE = "centre_y", "centre_x", "axis_r
 FIT_OK, FIT_MESSAGE = "deconvolve_ok", "deconvolve_message"
 MGM_SIGMA, MGM_FLUX = "mgm_sigma", "mgm_flux"
 FLUX_TOTAL_POSTERIOR, R50_POSTERIOR = "flux_total_posterior", "r50_posterior"
+MATCH_EE_ERROR, MATCH_METHOD = "match_ee_error", "match_method"
 
 VARIABLES.update({
     MODEL: ((BAND, Y, X), IMAGE_UNIT, "intrinsic (PSF-free) multi-Gaussian model, pixel-integrated"),
@@ -112,6 +113,9 @@ VARIABLES.update({
     MGM_FLUX: ((BAND, COMPONENT), IMAGE_UNIT, "flux of each Gaussian component"),
     FLUX_TOTAL_POSTERIOR: ((BAND, QUANTILE), IMAGE_UNIT, "posterior quantiles of the total flux at the fitted shape"),
     R50_POSTERIOR: ((BAND, QUANTILE), "arcsec", "posterior quantiles of r50 at the fitted shape"),
+    MATCH_EE_ERROR: ((BAND,), "1", "max abs encircled-energy difference of the matched PSF and the target PSF "
+                                   "at radii >= the target FWHM (fraction of total flux)"),
+    MATCH_METHOD: ((BAND,), "1", "PSF-matching kernel: photutils function, window and regularisation"),
 })
 
 _COORD_ATTRS = {
