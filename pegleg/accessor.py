@@ -78,6 +78,25 @@ class PeglegAccessor:
 
         return psf_match(self._ds, target, **kwargs)
 
+    def register(self, reference: str = "F444W", **kwargs) -> xr.Dataset:
+        """Sub-pixel shifts of every band relative to ``reference``; ``apply=True`` shifts the images
+        (:func:`pegleg.register.register`)."""
+        from .register import register
+
+        return register(self._ds, reference, **kwargs)
+
+    def radial_profile(self, var: str = "image", **kwargs) -> xr.Dataset:
+        """Elliptical-annulus radial profile of ``var`` (:func:`pegleg.profiles.radial_profile`)."""
+        from .profiles import radial_profile
+
+        return radial_profile(self._ds, var, **kwargs)
+
+    def resolution_test(self, short: str = "F150W", long: str = "F444W", **kwargs) -> xr.Dataset:
+        """Separate deconvolution vs match-then-deconvolve for two bands (:func:`pegleg.resolution.resolution_test`)."""
+        from .resolution import resolution_test
+
+        return resolution_test(self._ds, short, long, **kwargs)
+
     def qa(self):
         """Per-band quality table of a deconvolved Dataset (:func:`pegleg.deconvolve.qa`)."""
         from .deconvolve import qa

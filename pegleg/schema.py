@@ -89,6 +89,7 @@ FIT_OK, FIT_MESSAGE = "deconvolve_ok", "deconvolve_message"
 MGM_SIGMA, MGM_FLUX = "mgm_sigma", "mgm_flux"
 FLUX_TOTAL_POSTERIOR, R50_POSTERIOR = "flux_total_posterior", "r50_posterior"
 MATCH_EE_ERROR, MATCH_METHOD = "match_ee_error", "match_method"
+SHIFT_Y, SHIFT_X, SHIFT_Y_ERROR, SHIFT_X_ERROR = "shift_y", "shift_x", "shift_y_error", "shift_x_error"
 
 VARIABLES.update({
     MODEL: ((BAND, Y, X), IMAGE_UNIT, "intrinsic (PSF-free) multi-Gaussian model, pixel-integrated"),
@@ -116,6 +117,10 @@ VARIABLES.update({
     MATCH_EE_ERROR: ((BAND,), "1", "max abs encircled-energy difference of the matched PSF and the target PSF "
                                    "at radii >= the target FWHM (fraction of total flux)"),
     MATCH_METHOD: ((BAND,), "1", "PSF-matching kernel: photutils function, window and regularisation"),
+    SHIFT_Y: ((BAND,), "pixel", "row shift to apply to this band to align it with the reference band"),
+    SHIFT_X: ((BAND,), "pixel", "column shift to apply to this band to align it with the reference band"),
+    SHIFT_Y_ERROR: ((BAND,), "pixel", "1-sigma uncertainty of shift_y (noise bootstrap)"),
+    SHIFT_X_ERROR: ((BAND,), "pixel", "1-sigma uncertainty of shift_x (noise bootstrap)"),
 })
 
 _COORD_ATTRS = {
