@@ -20,11 +20,15 @@ from .exceptions import (
 from .schema import from_arrays, validate
 from .io import open_dataset, open_stamps, to_netcdf
 from . import accessor as _accessor  # noqa: F401  (registers Dataset.pegleg)
-from . import deconvolve, psf, synth
+from . import deconvolve, match, profiles, psf, register, resolution, synth
 
 __all__ = [
     "__version__",
     "deconvolve",
+    "match",
+    "profiles",
+    "register",
+    "resolution",
     "psf",
     "synth",
     "from_arrays",

@@ -10,9 +10,10 @@ functions.
 from __future__ import annotations
 
 from .deconvolution import deconvolution
+from .resolution import resolution_test
 from .stamps import stamps
 
-__all__ = ["stamps", "deconvolution", "PlotMethods"]
+__all__ = ["stamps", "deconvolution", "resolution_test", "PlotMethods"]
 
 
 class PlotMethods:
@@ -24,6 +25,11 @@ class PlotMethods:
     def stamps(self, *args, **kwargs):
         """Grid of band images (:func:`pegleg.plot.stamps`)."""
         return stamps(self._ds, *args, **kwargs)
+
+    def resolution_test(self, *args, **kwargs):
+        """Figure of a resolution-test result (:func:`pegleg.plot.resolution_test`); call it on
+        the Dataset returned by ``ds.pegleg.resolution_test()``."""
+        return resolution_test(self._ds, *args, **kwargs)
 
     def deconvolution(self, *args, **kwargs):
         """Data, model, residual and PSF-corrected image per band (:func:`pegleg.plot.deconvolution`)."""
