@@ -9,7 +9,7 @@ regularisation).  The images are then convolved with their band's kernel by FFT.
 Choosing the regularisation
 ---------------------------
 With ``method="auto"`` (the default) a small grid of windows and regularisation
-strengths (:data:`DEFAULT_WINDOWS`, :data:`DEFAULT_WIENER_REGULARIZATION`) is tried for
+strengths (:func:`default_windows`, :data:`DEFAULT_WIENER_REGULARIZATION`) is tried for
 every band and the kernel whose matched PSF ``psf_band * k`` has the smallest
 *encircled-energy mismatch* with the target PSF is kept.  The mismatch is the largest
 absolute difference of the two encircled-energy curves (as fractions of the total
@@ -58,7 +58,7 @@ __all__ = [
     "MATCH_EE_ERROR",
     "MATCH_METHOD",
     "METHODS",
-    "DEFAULT_WINDOWS",
+    "default_windows",
     "DEFAULT_FOURIER_REGULARIZATION",
     "DEFAULT_WIENER_REGULARIZATION",
     "SHARPEN_TOLERANCE",
@@ -89,15 +89,16 @@ _COVARIANCE_NOTE = ("correlated by the PSF-matching kernels; per-pixel errors (v
                     "kernel**2) ignore the covariance between pixels")
 
 
-def _default_windows() -> tuple:
+@functools.lru_cache(maxsize=1)
+def default_windows() -> tuple:
+    """Windows (``None`` = no window) tried with ``make_kernel`` by ``method="auto"``/``"fourier"``.
+
+    Built on first use, so ``import pegleg`` does not import photutils (~0.8 s).
+    """
     from photutils.psf_matching import SplitCosineBellWindow, TopHatWindow, TukeyWindow
 
     return (None, TopHatWindow(0.5), TopHatWindow(0.6), TopHatWindow(0.7), TukeyWindow(0.3), TukeyWindow(0.5),
             SplitCosineBellWindow(alpha=0.2, beta=0.5), SplitCosineBellWindow(alpha=0.3, beta=0.4))
-
-
-#: Windows (``None`` = no window) tried with ``make_kernel`` by ``method="auto"``/``"fourier"``.
-DEFAULT_WINDOWS = _default_windows()
 
 
 # ---------------------------------------------------------------------------
@@ -190,7 +191,7 @@ def _candidates(method: str, window: Any, regularization: Any) -> list[tuple[str
     """``[(builder, window, regularization), ...]`` to try."""
     if method not in METHODS:
         raise PSFError(f"method: expected one of {METHODS}, got {method!r}")
-    windows = _as_list(window, DEFAULT_WINDOWS)
+    windows = _as_list(window, default_windows())
     for w in windows:
         if w is not None and not callable(w):
             raise PSFError(f"window: expected a photutils window (a callable taking a shape), a sequence of them "
@@ -312,7 +313,7 @@ def matching_kernel(source_psf: Any, target_psf: Any, *, method: str = "auto", w
         :func:`photutils.psf_matching.make_wiener_kernel`; ``"auto"``: both grids.
     window : photutils window, sequence of windows, or None
         Window(s) for ``make_kernel`` (and for ``make_wiener_kernel`` with
-        ``method="wiener"``).  ``None``: :data:`DEFAULT_WINDOWS` for ``make_kernel`` (no
+        ``method="wiener"``).  ``None``: :func:`default_windows` for ``make_kernel`` (no
         window for Wiener).  ``None`` inside a sequence means "no window".
     regularization : float, sequence of float, or None
         ``method="fourier"``: amplitude threshold(s) of ``make_kernel`` (default 1e-4);

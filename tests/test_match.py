@@ -84,7 +84,7 @@ def test_matching_kernel_gaussians_and_delta():
     k, info = pegleg.match.matching_kernel(src, tgt)
     assert k.shape == (31, 31) and abs(k.sum() - 1) < 1e-12
     assert info["ee_error"] < 1e-3 and info["method"] in ("fourier", "wiener")
-    assert len(info["candidates"]) == len(match.DEFAULT_WINDOWS) + len(match.DEFAULT_WIENER_REGULARIZATION)
+    assert len(info["candidates"]) == len(match.default_windows()) + len(match.DEFAULT_WIENER_REGULARIZATION)
     # matched width: sqrt(0.15^2 - 0.06^2) for Gaussians
     assert abs(measure_fwhm(k, SCALE) - np.sqrt(0.15**2 - 0.06**2)) < 0.005
     # explicit single candidate: no search
