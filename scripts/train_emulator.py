@@ -36,6 +36,10 @@ REFERENCE_LOG_MASS = 10.0
 DERIVED = ("log_stellar_mass", "log_sfr100", "log_sfr10", "log_age_mw", "av")
 MASS_SCALED = ("log_stellar_mass", "log_sfr100", "log_sfr10")
 SOFTENING = 1e-8
+#: Magnitudes are capped here before training (fainter = undetectable; colours saturate at 20 mag).
+MAG_CAP = 99.0
+#: Accuracy and sigma use only bands at most this much fainter than F444W (detectable ones).
+DETECTABLE_MAG = 10.0
 #: log10 SFR floor: models with no star formation in a window get this (bagpipes gives -inf).
 LOG_SFR_FLOOR = -6.0
 
@@ -103,17 +107,21 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--holdout", type=float, default=0.05, help="fraction kept out for accuracy and sigma")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 = deterministic)")
     args = ap.parse_args(argv)
 
     import torch
 
     from pegleg.sed.emulator import MLPEmulator, save_emulator
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
     params, mags, derived, names, filters, prov, nchunks = load_training_set(args.training_dir)
-    good = np.all(np.isfinite(mags), axis=1) & np.all(mags < 60, axis=1)
+    # IGM-absorbed bands reach hundreds of mag (or +inf): keep those models (most at z > 2!)
+    # and let the softened colours saturate; drop only rows with NaN
+    good = ~np.any(np.isnan(mags), axis=1)
+    mags = np.minimum(mags, MAG_CAP)
     X, Y, outputs = build_targets(params[good], mags[good], {k: v[good] for k, v in derived.items()}, names, filters)
     ok = np.all(np.isfinite(Y), axis=1)
     X, Y = X[ok], Y[ok]
@@ -165,7 +173,10 @@ def main(argv=None) -> int:
     emu = MLPEmulator(weights, biases, x_mean, x_std, y_mean, y_std, np.zeros(len(filters)), meta)
     p_ho = params[good][ok][ho]
     pred = emu.predict(p_ho, strict=False)
-    err = np.abs(pred - mags[good][ok][ho])
+    true_ho = mags[good][ok][ho]
+    err = np.abs(pred - true_ho)
+    iref = filters.index(REFERENCE_FILTER)
+    err[true_ho - true_ho[:, [iref]] > DETECTABLE_MAG] = np.nan  # undetectable next to F444W
     sigma = np.nanpercentile(err, 68, axis=0)
     acc = {"median_abs_mag": dict(zip(filters, np.round(np.nanmedian(err, 0), 5).tolist())),
            "p99_abs_mag": dict(zip(filters, np.round(np.nanpercentile(err, 99, 0), 5).tolist()))}
