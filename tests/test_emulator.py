@@ -175,7 +175,11 @@ def test_speed_sanity(emu):
 
 
 # ----------------------------------------------------------------------------- bad files
-def test_default_not_bundled():
+def test_default_not_bundled(tmp_path, monkeypatch):
+    """A checkout without the bundled file gets a clear error (the real file is tested elsewhere)."""
+    import pegleg.sed.emulator as em
+
+    monkeypatch.setattr(em, "_DATA_DIR", tmp_path)
     with pytest.raises(EmulatorError, match="no bundled emulator yet"):
         load_emulator()
 
