@@ -97,6 +97,12 @@ class PeglegAccessor:
 
         return resolution_test(self._ds, short, long, **kwargs)
 
+    def sedfit(self, *, redshift=None, emulator=None, **kwargs) -> xr.Dataset:
+        """Per-pixel (or per-bin) SED posteriors and physical maps (:func:`pegleg.sed.sedfit`)."""
+        from .sed.step import sedfit
+
+        return sedfit(self._ds, redshift=redshift, emulator=emulator, **kwargs)
+
     def qa(self):
         """Per-band quality table of a deconvolved Dataset (:func:`pegleg.deconvolve.qa`)."""
         from .deconvolve import qa

@@ -123,6 +123,48 @@ VARIABLES.update({
     SHIFT_X_ERROR: ((BAND,), "pixel", "1-sigma uncertainty of shift_x (noise bootstrap)"),
 })
 
+# -- outputs of the sedfit step -----------------------------------------------
+PARAM, SAMPLE, INFO_QUANTITY = "param", "sample", "info_quantity"
+LOG_STELLAR_MASS, LOG_SFR100, LOG_SFR10, LOG_SSFR = "log_stellar_mass", "log_sfr100", "log_sfr10", "log_ssfr"
+AV, LOG_AGE_MW, LOG_METALLICITY, LOG_MASS_FORMED = "av", "log_age_mw", "log_metallicity", "log_mass_formed"
+REDSHIFT_FIT = "redshift_fit"
+STELLAR_MASS_DENSITY, SFR_DENSITY = "stellar_mass_density", "sfr_density"
+CHI2, N_BANDS, SNR, ESS, INFORMATION_GAIN = "chi2", "n_bands", "snr", "ess", "information_gain"
+SEDFIT_FLAG, MODEL_IMAGE, SED_RESIDUAL, POSTERIOR_SAMPLES = "sedfit_flag", "model_image", "sed_residual", "posterior_samples"
+BIN_ID = "bin_id"
+
+#: (units, long_name) of the per-pixel physical quantities (the sedfit outputs carry a
+#: ``quantile`` dimension; the synthetic truth has plain (y, x) maps of the same names).
+PHYSICAL = {
+    LOG_STELLAR_MASS: ("log10(Msun)", "surviving stellar mass in the pixel"),
+    LOG_SFR100: ("log10(Msun/yr)", "star-formation rate averaged over the last 100 Myr"),
+    LOG_SFR10: ("log10(Msun/yr)", "star-formation rate averaged over the last 10 Myr"),
+    LOG_SSFR: ("log10(1/yr)", "specific star-formation rate (SFR100 / surviving mass)"),
+    AV: ("mag", "V-band attenuation of the diffuse dust"),
+    LOG_AGE_MW: ("log10(yr)", "mass-weighted stellar age"),
+    LOG_METALLICITY: ("log10(Z/Zsun)", "stellar metallicity"),
+    LOG_MASS_FORMED: ("log10(Msun)", "total stellar mass formed in the pixel"),
+    REDSHIFT_FIT: ("1", "redshift (posterior of the photo-z prior)"),
+    STELLAR_MASS_DENSITY: ("Msun/kpc2", "stellar-mass surface density"),
+    SFR_DENSITY: ("Msun/yr/kpc2", "star-formation-rate surface density (SFR100)"),
+}
+VARIABLES.update({name: ((Y, X, QUANTILE), units, f"{long} (posterior quantiles)")
+                  for name, (units, long) in PHYSICAL.items()})
+VARIABLES.update({
+    CHI2: ((Y, X), "1", "chi-square of the best posterior draw (valid bands)"),
+    N_BANDS: ((Y, X), "1", "number of bands used in the SED fit"),
+    SNR: ((Y, X), "1", "signal-to-noise ratio in the reference band of the SED fit"),
+    ESS: ((Y, X), "1", "importance-sampling effective sample size"),
+    INFORMATION_GAIN: ((Y, X, INFO_QUANTITY), "nat",
+                       "Kullback-Leibler divergence of the posterior from the prior"),
+    SEDFIT_FLAG: ((Y, X), "1", "SED-fit flags: 1 = no valid band, 2 = ESS below target, 4 = not fitted"),
+    MODEL_IMAGE: ((BAND, Y, X), IMAGE_UNIT, "posterior-mean SED model flux per pixel"),
+    SED_RESIDUAL: ((BAND, Y, X), "1", "(image - model_image) / likelihood sigma"),
+    POSTERIOR_SAMPLES: ((Y, X, SAMPLE, PARAM), "1",
+                        "equally weighted posterior draws of the emulator parameters (units per param)"),
+    BIN_ID: ((Y, X), "1", "spatial bin of each pixel (-1 = not binned)"),
+})
+
 _COORD_ATTRS = {
     BAND: {"long_name": "filter name", "units": "1"},
     WAVELENGTH: {"long_name": "filter pivot wavelength", "units": "um"},

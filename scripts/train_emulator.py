@@ -108,6 +108,11 @@ def main(argv=None) -> int:
     ap.add_argument("--holdout", type=float, default=0.05, help="fraction kept out for accuracy and sigma")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 = deterministic)")
+    ap.add_argument("--censor-mag", type=float, default=None,
+                    help="colours fainter than this (mag below the reference filter) are censored: "
+                         "the loss only asks the prediction to be at least this faint")
+    ap.add_argument("--mse-weight", type=float, default=0.0,
+                    help="add this times the mean squared error to the L1 loss (pulls in the tail)")
     args = ap.parse_args(argv)
 
     import torch
@@ -133,6 +138,14 @@ def main(argv=None) -> int:
     y_mean, y_std = Y[tr].mean(0), Y[tr].std(0) + 1e-12
     Xt = torch.tensor((X[tr] - x_mean) / x_std, dtype=torch.float32)
     Yt = torch.tensor((Y[tr] - y_mean) / y_std, dtype=torch.float32)
+    censored = torch.zeros_like(Yt, dtype=torch.bool)
+    cap_t = torch.zeros(Y.shape[1], dtype=torch.float32)
+    if args.censor_mag is not None:
+        is_colour = np.array([o.startswith("color:") for o in outputs])
+        cap = (args.censor_mag - y_mean) / y_std
+        cap_t = torch.tensor(np.where(is_colour, cap, np.inf), dtype=torch.float32)
+        censored = Yt > cap_t
+        print(f"censored {float(censored.float().mean()):.3%} of the targets (colours > {args.censor_mag} mag)")
     layers, n_in = [], X.shape[1]
     for _ in range(args.depth):
         layers += [torch.nn.Linear(n_in, args.width), torch.nn.GELU(approximate="tanh")]
@@ -148,13 +161,18 @@ def main(argv=None) -> int:
         total = 0.0
         for i in range(0, len(Xt), args.batch):
             idx = perm[i:i + args.batch]
-            loss = torch.nn.functional.l1_loss(net(Xt[idx]), Yt[idx])
+            pred, targ, cen = net(Xt[idx]), Yt[idx], censored[idx]
+            # censored targets only need the prediction to be at least as faint as the cap
+            resid = torch.where(cen, torch.relu(cap_t - pred), pred - targ)
+            loss = resid.abs().mean()
+            if args.mse_weight:
+                loss = loss + args.mse_weight * (resid ** 2).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
             total += float(loss.detach()) * len(idx)
-        print(f"epoch {epoch + 1}/{args.epochs}  train L1 {total / len(Xt):.5f}  ({time.perf_counter() - t0:.0f} s)",
+        print(f"epoch {epoch + 1}/{args.epochs}  train loss {total / len(Xt):.5f}  ({time.perf_counter() - t0:.0f} s)",
               flush=True)
 
     lin = [m for m in net if isinstance(m, torch.nn.Linear)]
@@ -167,6 +185,8 @@ def main(argv=None) -> int:
         "training": {"set": str(args.training_dir), "n_chunks": nchunks, "n_train": int(len(tr)),
                      "n_holdout": int(nho), "generator": prov, "epochs": args.epochs, "width": args.width,
                      "depth": args.depth, "batch": args.batch, "lr": args.lr, "seed": args.seed,
+                     "censor_mag": args.censor_mag, "mse_weight": args.mse_weight,
+                     "threads": args.threads,
                      "torch": torch.__version__, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                      "seconds": round(time.perf_counter() - t0, 1)},
     }

@@ -14,3 +14,11 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} not found")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def emulator():
+    """The bundled default SED emulator."""
+    from pegleg.sed import load_emulator
+
+    return load_emulator("default")

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from .deconvolution import deconvolution
 from .resolution import resolution_test
+from .sed import maps, sed
 from .stamps import stamps
 
-__all__ = ["stamps", "deconvolution", "resolution_test", "PlotMethods"]
+__all__ = ["stamps", "deconvolution", "resolution_test", "maps", "sed", "PlotMethods"]
 
 
 class PlotMethods:
@@ -34,3 +35,11 @@ class PlotMethods:
     def deconvolution(self, *args, **kwargs):
         """Data, model, residual and PSF-corrected image per band (:func:`pegleg.plot.deconvolution`)."""
         return deconvolution(self._ds, *args, **kwargs)
+
+    def maps(self, *args, **kwargs):
+        """Maps of SED-fit quantities with colour bars (:func:`pegleg.plot.maps`)."""
+        return maps(self._ds, *args, **kwargs)
+
+    def sed(self, *args, **kwargs):
+        """SED, model and residuals of one pixel (:func:`pegleg.plot.sed`)."""
+        return sed(self._ds, *args, **kwargs)

@@ -1,5 +1,7 @@
 """SED engine of pegleg.
 
+``pegleg.sed.sedfit`` (``ds.pegleg.sedfit``) fits every pixel of a stamp and
+``pegleg.sed.fit_photometry`` any set of photometric measurements (:mod:`pegleg.sed.fit`);
 ``pegleg.sed.load_emulator`` loads an emulator (pegleg's own pickle-free format, or a
 Parrot weight file with ``trust=True``); ``pegleg.sed.sps`` is the exact reference (bagpipes stellar + nebular models with a
 Prospector-style parametrisation); ``pegleg.sed.filters`` maps pegleg filter names to
@@ -13,8 +15,14 @@ from __future__ import annotations
 import importlib
 
 from .emulator import BaseEmulator, MLPEmulator, load_emulator, save_emulator
+from .fit import fit_photometry
+from .npe import PosteriorNetwork, load_posterior_network, save_posterior_network
+from .simulate import simulate_photometry
+from .step import sedfit
 
-__all__ = ["sps", "filters", "load_emulator", "save_emulator", "BaseEmulator", "MLPEmulator"]
+__all__ = ["sps", "filters", "load_emulator", "save_emulator", "BaseEmulator", "MLPEmulator",
+           "fit_photometry", "sedfit", "simulate_photometry", "PosteriorNetwork",
+           "load_posterior_network", "save_posterior_network"]
 
 
 def __getattr__(name):

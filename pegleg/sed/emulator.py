@@ -162,7 +162,7 @@ def activation_function(name: str):
 
 
 def _forward(x: np.ndarray, weights: Sequence[np.ndarray], biases: Sequence[np.ndarray],
-             act, chunk_size: int = 4096) -> np.ndarray:
+             act, chunk_size: int = 2048) -> np.ndarray:
     """Batched MLP: hidden layers with ``act``, last layer linear.  ``x`` float32 (N, in)."""
     n = x.shape[0]
     out = np.empty((n, weights[-1].shape[1]), dtype=np.float32)
@@ -302,6 +302,17 @@ class BaseEmulator:
             return {k: v[0] for k, v in result.items()}
         return result
 
+    def evaluate(self, params, filters=None, *, strict: bool = True) -> tuple[np.ndarray, dict]:
+        """Fluxes in uJy (N, F) float64 and ``derived`` quantities in one call.
+
+        The fitter's entry point: equivalent to ``10 ** (-0.4 * (predict(params, filters)
+        - 23.9))`` and ``derived(params)``, but an emulator may compute both in one
+        network pass (:class:`MLPEmulator` does, with its last layer cut to the requested
+        filters).
+        """
+        mags = self.predict(params, filters, strict=strict)
+        return 10.0 ** (-0.4 * (np.atleast_2d(mags) - 23.9)), self.derived(params, strict=strict)
+
     def sample_prior(self, n: int, seed=None) -> np.ndarray:
         """Draw ``n`` parameter vectors (n, P) from the fitting prior.
 
@@ -355,6 +366,50 @@ class BaseEmulator:
             out[:, j] = col
         return out
 
+    def log_prior(self, params, names: Sequence[str] | None = None) -> np.ndarray:
+        """Normalised log prior density of parameter values (the sum over ``names``).
+
+        ``params`` (..., len(names)) holds the columns ``names`` (default: all
+        ``param_names``) in that order; each parameter's prior is independent and
+        truncated to ``bounds`` (see :meth:`sample_prior`).  Values outside their support
+        give ``-inf``.
+        """
+        from scipy import special, stats
+
+        names = list(self.param_names if names is None else names)
+        x = np.asarray(params, dtype=np.float64)
+        if x.shape[-1] != len(names):
+            raise EmulatorError(f"params has {x.shape[-1]} columns but {len(names)} names were given")
+        total = np.zeros(x.shape[:-1])
+        for j, name in enumerate(names):
+            if name not in self.param_names:
+                raise EmulatorError(f"unknown parameter {name!r}; parameters: {self.param_names}")
+            lo, hi = self.bounds[self.param_names.index(name)]
+            spec = dict(self.prior.get(name) or {"type": "uniform"})
+            kind = spec.get("type", "uniform")
+            v = x[..., j]
+            if kind == "uniform":
+                a, b = max(float(spec.get("low", lo)), lo), min(float(spec.get("high", hi)), hi)
+                lp = np.full(v.shape, -np.log(b - a))
+            elif kind == "student_t":
+                loc, scale = float(spec.get("loc", 0.0)), float(spec["scale"])
+                nu, clip = float(spec.get("nu", 2.0)), float(spec.get("clip", np.inf))
+                a, b = max(lo, loc - clip), min(hi, loc + clip)
+                dist = stats.t(nu, loc=loc, scale=scale)
+                norm = np.log(dist.cdf(b) - dist.cdf(a))
+                t2 = ((v - loc) / scale) ** 2
+                lp = (special.gammaln((nu + 1) / 2) - special.gammaln(nu / 2) - 0.5 * np.log(nu * np.pi)
+                      - np.log(scale) - (nu + 1) / 2 * np.log1p(t2 / nu) - norm)
+            elif kind == "normal":
+                loc, scale = float(spec.get("loc", 0.0)), float(spec["scale"])
+                a, b = lo, hi
+                norm = np.log(special.ndtr((b - loc) / scale) - special.ndtr((a - loc) / scale))
+                lp = -0.5 * ((v - loc) / scale) ** 2 - np.log(scale) - 0.5 * np.log(2 * np.pi) - norm
+            else:
+                raise EmulatorError(f"unknown prior type {kind!r} for parameter {name!r}")
+            total = total + np.where((v >= a) & (v <= b), lp, -np.inf)
+        return total
+
     # subclasses
     def _predict_valid(self, theta: np.ndarray, fidx: np.ndarray) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
@@ -378,7 +433,7 @@ class MLPEmulator(BaseEmulator):
         ``version`` may be omitted).
     """
 
-    chunk_size = 4096
+    chunk_size = 2048
 
     def __init__(self, weights, biases, x_mean, x_std, y_mean, y_std, sigma,
                  metadata: Mapping[str, Any], *, name: str = "emulator"):
@@ -491,6 +546,62 @@ class MLPEmulator(BaseEmulator):
                 v = v + dm
             out[k] = v
         return out
+
+    def _sliced(self, fidx: np.ndarray):
+        """Last layer cut to the reference magnitude, the colours of ``fidx`` and the derived outputs."""
+        key = tuple(int(i) for i in fidx)
+        cache = self.__dict__.setdefault("_slice_cache", {})
+        if key not in cache:
+            cc = self._color_col[fidx]
+            dcols = list(self._derived_cols.items())
+            cols = np.array([self._ref_col] + [c for c in cc if c >= 0] + [c for _, c in dcols], dtype=np.intp)
+            W = np.ascontiguousarray(self.weights[-1][:, cols])
+            b = self.biases[-1][cols] * self.y_std[cols] + self.y_mean[cols]
+            W = W * self.y_std[cols]
+            pos = np.zeros(len(fidx), dtype=np.intp)   # column of each filter's colour (0 = reference)
+            k = 1
+            for i, c in enumerate(cc):
+                if c >= 0:
+                    pos[i] = k
+                    k += 1
+            derived = {name: (k + j, name in self.mass_scaled_outputs) for j, (name, _) in enumerate(dcols)}
+            cache[key] = (W.astype(np.float32), b.astype(np.float32), pos, cc >= 0, derived)
+        return cache[key]
+
+    def evaluate(self, params, filters=None, *, strict: bool = True) -> tuple[np.ndarray, dict]:
+        fidx = self.filter_index(filters)
+        theta, valid, single = self._check_params(params, strict)
+        n = theta.shape[0]
+        flux = np.full((n, fidx.size), np.nan)
+        result = {k: np.full(n, np.nan) for k in DERIVED_NAMES}
+        if valid.any():
+            th = theta if valid.all() else theta[valid]
+            W, b, pos, has, dcols = self._sliced(fidx)
+            x = th[:, self._input_idx].astype(np.float32)
+            x -= self.x_mean
+            x *= self._inv_std
+            y = _forward(x, self.weights[:-1] + [W], self.biases[:-1] + [b], self._act, self.chunk_size)
+            dm = th[:, self._imass] - self.reference_log_mass
+            mags = y[:, pos]
+            mags[:, ~has] = 0.0
+            mags += y[:, :1]
+            # flux in uJy = 10**(-0.4 (m - 23.9)), with the exact mass scaling
+            lf = (np.float32(-0.4) * (mags - np.float32(23.9))).astype(np.float64)
+            lf += dm[:, None]
+            f = np.power(10.0, lf)
+            if valid.all():
+                flux = f
+            else:
+                flux[valid] = f
+            for name, (c, scaled) in dcols.items():
+                v = y[:, c].astype(np.float64)
+                if scaled:
+                    v = v + dm
+                arr = result.setdefault(name, np.full(n, np.nan))
+                arr[valid] = v
+        if single:
+            return flux[0], {k: v[0] for k, v in result.items()}
+        return flux, result
 
     # ----------------------------------------------------------------- I/O
     def arrays(self) -> dict[str, np.ndarray]:
