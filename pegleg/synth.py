@@ -34,7 +34,54 @@ SEDs
     wavelength, normalised at :data:`REFERENCE_WAVELENGTH` = 4.44 um:
     ``F(band) = flux * (lambda / 4.44 um)^slope``.  Pass ``sed=callable(component_name,
     bands, wavelengths) -> fluxes`` (one value per band, in ``units``) to replace the
-    power laws (the SED engine uses this to supply physical per-component SEDs).
+    power laws, or ``physical=True`` for emulator SEDs (next section).
+Physical SEDs
+    With ``physical=True`` every component's SED comes from an SED emulator
+    (``emulator=``; default :func:`pegleg.sed.load_emulator` ``("default")``, loaded only
+    then) evaluated at the component's formed mass and the galaxy's ``redshift`` (which
+    must be given).  A component dict may then carry ``"log_mass"`` (log10 of the
+    component's total *formed* stellar mass, Msun) and ``"sed"`` (a dict of the other
+    emulator parameters, ``emulator.param_names`` minus ``log_mass_formed`` and
+    ``redshift``); ``"flux"`` and ``"slope"`` are not allowed (the emulator sets
+    them).  Defaults, :data:`PHYSICAL_DEFAULTS` (``dsfr_k = log10(SFR_k / SFR_{k+1})``,
+    bin 1 the youngest):
+
+    * bulge: log_mass 10.3, log_metallicity 0.0, av 0.2, dsfr1..6 = -0.4 (star
+      formation declined: old, red, metal-rich, little dust; log_sfr100 ~ -1.3,
+      log_age_mw ~ 9.57 at z = 1);
+    * disk: log_mass 9.9, log_metallicity -0.5, av 0.8, dsfr = 0 (constant SFH:
+      younger and dustier; log_sfr100 ~ 0.14, log_age_mw ~ 9.46 at z = 1);
+    * clumps: log_mass 7.0 *per clump* (mean; each clump gets 0.5-1.5 x, as for the
+      flux of power-law clumps), log_metallicity -0.7, av 0.3, log_u -2.0,
+      dsfr = +1.0 (rising SFH: young, log_age_mw ~ 7.6 at z = 1);
+    * all: delta 0 (Calzetti-like curve), eta 2 (stars younger than 10 Myr see
+      2 x av); bulge and disk log_u -2.5.
+
+    Parameters neither given nor in the table (another emulator's) take the middle of
+    the emulator's bounds.  Unknown names, values outside the emulator's bounds and a
+    missing ``redshift`` raise :class:`~pegleg.exceptions.SchemaError`.  The size
+    gradient ``alpha`` defaults to 0 in physical mode, so each component has *one*
+    normalised profile ``P_c`` (summing to 1 over the rendered region) in every band,
+    and each pixel's intrinsic flux is exactly ``sum_c P_c F_c(band)``, i.e. the sum of
+    emulator SEDs of masses ``M_c P_c`` (the emulator scales exactly with mass).  The
+    colour gradient then comes from the bulge/disk mix alone.  (With an explicit
+    ``alpha != 0`` the band images follow the power law in size, while the mass maps
+    use the profile at 4.44 um: no longer an exact per-pixel truth.)
+    The truth gains (y, x) maps with the units of :data:`pegleg.schema.PHYSICAL`:
+    ``log_stellar_mass`` = ``log10(sum_c M*_c P_c)`` (``M*_c`` the emulator's
+    surviving stellar mass), ``log_sfr100`` and ``log_sfr10`` (same, with the
+    component SFRs), ``log_age_mw`` = ``log10(sum_c w_c 10^age_c)`` and ``av`` =
+    ``sum_c w_c av_c`` with ``w_c = M*_c P_c / sum M*_c P_c`` (the emulator's
+    per-component mass-weighted values), and ``stellar_mass_density`` /
+    ``sfr_density`` = ``10^log_stellar_mass`` / ``10^log_sfr100`` over the proper pixel
+    area ``(pixel_scale x kpc/arcsec)^2`` for astropy ``FlatLambdaCDM(H0=70,
+    Om0=0.3)`` (the emulator's cosmology).  Masses and SFRs are floored at
+    :data:`PHYSICAL_FLOOR` = 1e-30 before the log10 (pixels beyond the truncation
+    radius: -30, never -inf or NaN; the densities use the same floored values), and
+    where the floored mass is the floor, ``log_age_mw`` and ``av`` are the galaxy's
+    integrated mass-weighted values.  The maps cover the stamp; their sum is the total
+    of the truncated model (``log_stellar_mass_total``, ``log_sfr100_total`` attrs)
+    whenever the truncation radius lies inside the stamp (the default).
 Colour gradients
     Sizes scale with wavelength as ``r_e(lambda) = r_e * (lambda / 4.44 um)^-alpha``,
     so blue bands are more extended; with the default bulge fraction rising to the
@@ -84,6 +131,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -94,7 +142,7 @@ from scipy import ndimage, signal, special
 
 from . import filters as _filters
 from . import schema
-from .exceptions import PSFError, SchemaError
+from .exceptions import EmulatorError, PSFError, SchemaError
 from .psf import models as _psf_models
 
 __all__ = [
@@ -105,6 +153,8 @@ __all__ = [
     "DEFAULT_DISK",
     "DEFAULT_CLUMPS",
     "REFERENCE_WAVELENGTH",
+    "PHYSICAL_DEFAULTS",
+    "PHYSICAL_FLOOR",
 ]
 
 #: Wavelength (micron) at which component fluxes and sizes are specified.
@@ -183,6 +233,24 @@ DEFAULT_BULGE = Component("bulge", n=4.0, r_e=0.06, flux=1.0, slope=1.5, alpha=0
 DEFAULT_DISK = Component("disk", n=1.0, r_e=0.18, flux=1.5, slope=-0.3, alpha=0.2)
 DEFAULT_CLUMPS = Clumps()
 
+#: Physical-mode defaults per component slot: ``log_mass`` (log10 formed stellar mass,
+#: Msun; for clumps the mean of one clump) and ``sed`` (emulator parameters).
+PHYSICAL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "bulge": {"log_mass": 10.3, "sed": {
+        "log_metallicity": 0.0, "av": 0.2, "delta": 0.0, "eta": 2.0, "log_u": -2.5,
+        **{f"dsfr{k}": -0.4 for k in range(1, 7)}}},
+    "disk": {"log_mass": 9.9, "sed": {
+        "log_metallicity": -0.5, "av": 0.8, "delta": 0.0, "eta": 2.0, "log_u": -2.5,
+        **{f"dsfr{k}": 0.0 for k in range(1, 7)}}},
+    "clumps": {"log_mass": 7.0, "sed": {
+        "log_metallicity": -0.7, "av": 0.3, "delta": 0.0, "eta": 2.0, "log_u": -2.0,
+        **{f"dsfr{k}": 1.0 for k in range(1, 7)}}},
+}
+#: Floor applied to per-pixel stellar masses (Msun) and SFRs (Msun/yr) before log10.
+PHYSICAL_FLOOR = 1e-30
+_PHYS_KEYS = ("log_mass", "sed")
+_H0, _OM0 = 70.0, 0.3
+
 
 # ---------------------------------------------------------------------------
 # input checking
@@ -256,6 +324,58 @@ def _clumps(spec: Any, factor: float) -> Clumps:
     return Clumps(number=int(num), flux=_finite(spec.flux, "clumps.flux", nonneg=True),
                   fwhm=_finite(spec.fwhm, "clumps.fwhm", positive=True),
                   slope=_finite(spec.slope, "clumps.slope"), r_min=r_min, r_max=r_max)
+
+
+def _split_physical(spec: Any, slot: str, physical: bool) -> tuple[Any, dict[str, Any]]:
+    """Separate ``log_mass``/``sed`` from a component dict; check what physical mode forbids."""
+    if not isinstance(spec, Mapping):
+        return spec, {}
+    phys = {k: spec[k] for k in _PHYS_KEYS if k in spec}
+    rest = {k: v for k, v in spec.items() if k not in _PHYS_KEYS}
+    if phys and not physical:
+        raise SchemaError(f"{slot}: {sorted(phys)} only apply with physical=True")
+    if physical:
+        bad = sorted(k for k in ("flux", "slope") if k in rest)
+        if bad:
+            raise SchemaError(f"{slot}: {bad} cannot be set with physical=True (the emulator gives the SED); "
+                              f"use 'log_mass' and 'sed' instead")
+    return rest, phys
+
+
+def _sed_vector(slot: str, phys: Mapping[str, Any], emulator: Any, redshift: float,
+                log_mass_offset: float = 0.0) -> tuple[np.ndarray, float, dict[str, float]]:
+    """Full emulator parameter vector (``param_names`` order) of one component.
+
+    Returns ``(vector, log_mass, sed)`` where ``log_mass`` is the value given (or the
+    default) and ``sed`` the complete dict of the other parameters.
+    """
+    names = list(emulator.param_names)
+    free = [n for n in names if n not in ("log_mass_formed", "redshift")]
+    default = PHYSICAL_DEFAULTS[slot]
+    log_mass = _finite(phys.get("log_mass", default["log_mass"]), f"{slot}.log_mass")
+    given = phys.get("sed", None)
+    if given is None:
+        given = {}
+    if not isinstance(given, Mapping):
+        raise SchemaError(f"{slot}.sed: expected a dict of emulator parameters, got {type(given).__name__}")
+    unknown = sorted(str(k) for k in given if k not in free)
+    if unknown:
+        raise SchemaError(f"{slot}.sed: unknown emulator parameter(s) {unknown}; expected some of {free} "
+                          f"(set the mass with '{slot}': {{'log_mass': ...}} and the redshift with redshift=)")
+    bounds = np.asarray(emulator.bounds, dtype=float)
+    sed = {}
+    for n in free:
+        lo, hi = bounds[names.index(n)]
+        v = given.get(n, default["sed"].get(n, 0.5 * (lo + hi)))
+        sed[n] = _finite(v, f"{slot}.sed[{n!r}]")
+    values = {**sed, "log_mass_formed": log_mass + log_mass_offset, "redshift": redshift}
+    vec = np.array([values[n] for n in names], dtype=float)
+    for n, v in zip(names, vec):
+        lo, hi = bounds[names.index(n)]
+        if not lo <= v <= hi:
+            what = "log_mass" if n == "log_mass_formed" else "redshift" if n == "redshift" else f"sed[{n!r}]"
+            raise SchemaError(f"{slot}.{what}: {v:.6g} is outside the emulator's bounds [{lo:g}, {hi:g}]")
+    return vec, log_mass, sed
 
 
 def _per_band(value: Any, bands: list[str], name: str, *, positive: bool) -> np.ndarray:
@@ -443,6 +563,8 @@ def galaxy(
     psf: Any = None,
     sed: Callable[[str, list[str], np.ndarray], Sequence[float]] | None = None,
     units: str = "uJy",
+    physical: bool = False,
+    emulator: Any = None,
 ) -> tuple[xr.Dataset, xr.Dataset]:
     """A synthetic galaxy observed in ``bands``, and the truth it was made from.
 
@@ -457,7 +579,8 @@ def galaxy(
     pixel_scale : float
         arcsec/pixel.
     redshift : float or None
-        Stored in both Datasets' attributes.
+        Stored in both Datasets' attributes; required (> 0, within the emulator's
+        bounds) with ``physical=True``.
     seed : int
         Seeds the noise and the clump placement; same seed -> identical output.
     noise : bool
@@ -471,9 +594,16 @@ def galaxy(
         Flat background added to the observed image (``units``).
     bulge, disk : dict, Component, None or False
         Parameter overrides for the components (see :class:`Component`); None = defaults,
-        False = no such component.
+        False = no such component.  With ``physical=True`` a dict may also hold
+        ``"log_mass"`` (log10 formed stellar mass of the component, Msun) and ``"sed"``
+        (dict of emulator parameters other than ``log_mass_formed``/``redshift``;
+        missing ones take :data:`PHYSICAL_DEFAULTS`), but not ``"flux"``/``"slope"``
+        (a :class:`Component`'s ``flux`` and ``slope`` are ignored); ``alpha`` then
+        defaults to 0.
     clumps : int, dict or Clumps
-        Number of clumps, or their parameters (:class:`Clumps`).
+        Number of clumps, or their parameters (:class:`Clumps`).  With
+        ``physical=True`` a dict may hold ``"log_mass"`` (mean formed mass of *one*
+        clump; default 7.0) and ``"sed"`` (default: young, see :data:`PHYSICAL_DEFAULTS`).
     q, pa : float
         Galaxy axis ratio and position angle (degrees, counter-clockwise from +x).
     centre : (float, float), optional
@@ -489,6 +619,14 @@ def galaxy(
         ``"disk"`` or ``"clumps"`` (the total of all clumps).
     units : str
         Flux unit of all flux inputs and outputs (default ``"uJy"``).
+    physical : bool
+        Component SEDs from an SED emulator at each component's mass and ``redshift``
+        (module docstring, "Physical SEDs"), with physical truth maps.  Excludes ``sed=``.
+    emulator : emulator object, str or None
+        Used with ``physical=True``: an object with ``param_names``, ``bounds`` and
+        ``evaluate(params, bands) -> (flux_uJy, derived)`` (e.g. from
+        :func:`pegleg.sed.load_emulator`), or a name/path for ``load_emulator``;
+        None = ``load_emulator("default")`` (loaded only when ``physical=True``).
 
     Returns
     -------
@@ -510,10 +648,27 @@ def galaxy(
         ``render_flux_error`` (largest ``abs(numerical / analytic - 1)`` of the pixel
         integration), ``source_id``, ``pegleg_history``.
 
+        With ``physical=True`` also (y, x) maps ``log_stellar_mass``,
+        ``stellar_mass_density``, ``log_sfr100``, ``log_sfr10``, ``sfr_density``,
+        ``log_age_mw`` and ``av`` (units and long names from
+        :data:`pegleg.schema.PHYSICAL`; definitions, floor and weighting in the module
+        docstring), ``component_sed_params`` (component, sed_param; the full emulator
+        parameter vectors, ``sed_param`` = ``emulator.param_names``), ``component_profile``
+        (component, y, x; the normalised intrinsic profiles ``P_c`` in the stamp) and
+        attributes ``sed_model`` (``"emulator"``), ``emulator`` (its name),
+        ``sed_param_names`` (JSON list), ``cosmology``, ``kpc_per_arcsec``,
+        ``pixel_area_kpc2``, ``log_stellar_mass_total``, ``log_sfr100_total`` and per
+        component ``<name>_sed_params`` (float array in ``sed_param_names`` order),
+        ``<name>_log_mass_formed``, ``<name>_log_stellar_mass``, ``<name>_log_sfr100``,
+        ``<name>_log_sfr10``, ``<name>_log_age_mw``, ``<name>_av``; the ``components``
+        JSON then lists ``log_mass``, ``sed`` and ``derived`` instead of ``flux``/``slope``.
+
     Raises
     ------
     SchemaError
-        Unknown band, bad shape, pixel scale, parameters, depth or units.
+        Unknown band, bad shape, pixel scale, parameters, depth or units; with
+        ``physical=True``: no redshift, unknown or out-of-bounds emulator parameters,
+        bands the emulator does not cover, or ``sed=`` given too.
     PSFError
         Unusable PSFs.
     """
@@ -554,9 +709,30 @@ def galaxy(
     snr_peak = _finite(snr_peak, "snr_peak", positive=True)
     if not isinstance(noise, (bool, np.bool_)):
         raise SchemaError(f"noise: expected True or False, got {noise!r}")
+    if not isinstance(physical, (bool, np.bool_)):
+        raise SchemaError(f"physical: expected True or False, got {physical!r}")
+    physical = bool(physical)
+    z_phys = float("nan")
+    if physical:
+        if sed is not None:
+            raise SchemaError("sed: give either sed= or physical=True, not both")
+        if redshift is None:
+            raise SchemaError("redshift: physical=True needs the galaxy's redshift; got None")
+        z_phys = _finite(redshift, "redshift", positive=True)
+    elif emulator is not None:
+        raise SchemaError("emulator: only used with physical=True")
 
-    comps = [c for c in (_component(bulge, DEFAULT_BULGE, q, pa, factor),
-                         _component(disk, DEFAULT_DISK, q, pa, factor)) if c is not None]
+    bulge, phys_bulge = _split_physical(bulge, "bulge", physical)
+    disk, phys_disk = _split_physical(disk, "disk", physical)
+    clumps, phys_clumps = _split_physical(clumps, "clumps", physical)
+    phys_spec = {"bulge": phys_bulge, "disk": phys_disk, "clumps": phys_clumps}
+    dflt_bulge, dflt_disk = DEFAULT_BULGE, DEFAULT_DISK
+    if physical:  # one profile per component in all bands (exact per-pixel truth)
+        dflt_bulge, dflt_disk = (dataclasses.replace(d, alpha=0.0) for d in (DEFAULT_BULGE, DEFAULT_DISK))
+    slotted = [(slot, c) for slot, c in (("bulge", _component(bulge, dflt_bulge, q, pa, factor)),
+                                         ("disk", _component(disk, dflt_disk, q, pa, factor))) if c is not None]
+    comps = [c for _, c in slotted]
+    comp_slots = [slot for slot, _ in slotted]
     names = [c.name for c in comps]
     if len(set(names)) != len(names):
         raise SchemaError(f"component names must differ, got {names}")
@@ -593,11 +769,35 @@ def galaxy(
             clump_list.append({"dy": float(xp[i] * s + yp[i] * c), "dx": float(xp[i] * c - yp[i] * s),
                                "weight": float(fl[i] / fl.sum())})
         total_ref = clump.flux * fl.sum()
+        clump_scale = float(fl.sum())  # total / mean clump (flux or mass)
 
     # -- SEDs --------------------------------------------------------------------
     comp_names = names + (["clumps"] if clump.number else [])
     fluxes = np.zeros((len(comp_names), len(blist)))
-    for k, name in enumerate(comp_names):
+    if physical:
+        emu = _load_emulator(emulator)
+        theta, phys_meta = [], []
+        for k, name in enumerate(comp_names):
+            slot = "clumps" if name == "clumps" else comp_slots[k]
+            offset = math.log10(clump_scale) if name == "clumps" else 0.0
+            vec, log_mass, sed_par = _sed_vector(slot, phys_spec[slot], emu, z_phys, offset)
+            theta.append(vec)
+            phys_meta.append({"log_mass": log_mass, "log_mass_formed": float(vec[list(emu.param_names).index(
+                "log_mass_formed")]), "sed": sed_par})
+        theta = np.array(theta)
+        try:
+            flux_ujy, derived = emu.evaluate(theta, list(blist))
+        except EmulatorError as exc:
+            raise SchemaError(f"physical: the emulator cannot evaluate these components: {exc}") from exc
+        flux_ujy = np.asarray(flux_ujy, dtype=float).reshape(len(comp_names), len(blist))
+        if not np.all(np.isfinite(flux_ujy)) or np.any(flux_ujy < 0):
+            raise SchemaError(f"physical: the emulator returned invalid fluxes {flux_ujy.tolist()}")
+        derived = {key: np.asarray(derived.get(key, np.nan), dtype=float) * np.ones(len(comp_names))
+                   for key in ("log_stellar_mass", "log_sfr100", "log_sfr10", "log_age_mw", "av")}
+        if not np.all(np.isfinite(derived["log_stellar_mass"])):
+            raise SchemaError("physical: the emulator gives no finite log_stellar_mass for these components")
+        fluxes[:] = flux_ujy * factor
+    for k, name in enumerate(comp_names if not physical else []):
         if sed is not None:
             f = np.asarray(sed(name, list(blist), wl.copy()), dtype=float).ravel()
             if f.shape != (len(blist),) or not np.all(np.isfinite(f)) or np.any(f < 0):
@@ -615,30 +815,44 @@ def galaxy(
     hist_tot = np.zeros((nb, grid.nbins))
     render_err = 0.0
     sig_c = clump.fwhm / _FWHM_PER_SIGMA / ps
-    for j in range(nb):
-        for k, name in enumerate(comp_names):
-            if name == "clumps":
-                def func(lev, _j=j):
-                    out = np.zeros((lev.dy.size, lev.dx.size))
-                    for cl in clump_list:
-                        gy = np.exp(-((lev.dy - cl["dy"]) ** 2) / (2 * sig_c**2))
-                        gx = np.exp(-((lev.dx - cl["dx"]) ** 2) / (2 * sig_c**2))
-                        out += cl["weight"] * np.outer(gy, gx)
-                    return out * _taper(lev.r_gal, rt)
-                analytic = 2 * np.pi * sig_c**2
-            else:
-                cp = comps[k]
-                re_b = cp.r_e * (wl[j] / REFERENCE_WAVELENGTH) ** (-cp.alpha) / ps
 
-                def func(lev, _cp=cp, _re=re_b):
-                    return _sersic(lev.radius(_cp.q, _cp.pa), _re, _cp.n, rt)
-                analytic = _sersic_total(re_b, cp.n, cp.q, rt)
+    def profile(k: int, wavelength: float):
+        """(function of a render level, analytic total) of component ``k`` at ``wavelength``."""
+        if comp_names[k] == "clumps":
+            def func(lev):
+                out = np.zeros((lev.dy.size, lev.dx.size))
+                for cl in clump_list:
+                    gy = np.exp(-((lev.dy - cl["dy"]) ** 2) / (2 * sig_c**2))
+                    gx = np.exp(-((lev.dx - cl["dx"]) ** 2) / (2 * sig_c**2))
+                    out += cl["weight"] * np.outer(gy, gx)
+                return out * _taper(lev.r_gal, rt)
+            return func, 2 * np.pi * sig_c**2
+        cp = comps[k]
+        re_b = cp.r_e * (wavelength / REFERENCE_WAVELENGTH) ** (-cp.alpha) / ps
+
+        def func(lev, _cp=cp, _re=re_b):
+            return _sersic(lev.radius(_cp.q, _cp.pa), _re, _cp.n, rt)
+        return func, _sersic_total(re_b, cp.n, cp.q, rt)
+
+    # normalised profile per component (physical truth maps): band independent unless alpha != 0
+    achromatic = [name == "clumps" or comps[k].alpha == 0 for k, name in enumerate(comp_names)]
+    prof_pad = np.zeros((nc, NY, NX)) if physical else None
+    for j in range(nb):
+        for k in range(nc):
+            func, analytic = profile(k, wl[j])
             img, hist = grid.render(func)
             total = img.sum()
             render_err = max(render_err, abs(total / analytic - 1.0))
             scale = fluxes[k, j] / total if total > 0 else 0.0
             comp_pad[k, j] = img * scale
             hist_tot[j] += hist * scale
+            if physical and j == 0 and achromatic[k] and total > 0:
+                prof_pad[k] = img / total
+    if physical:
+        for k in range(nc):
+            if not achromatic[k]:
+                img, _ = grid.render(profile(k, REFERENCE_WAVELENGTH)[0])
+                prof_pad[k] = img / img.sum()
 
     intrinsic_pad = comp_pad.sum(axis=0)
     sl = (slice(h, h + ny), slice(h, h + nx))
@@ -671,8 +885,9 @@ def galaxy(
         "bands": blist, "shape": [ny, nx], "pixel_scale": ps, "redshift": redshift, "seed": int(seed),
         "noise": bool(noise), "depth": depth_b.tolist(), "sky": sky_b.tolist(), "q": q, "pa": pa,
         "centre": [cy, cx], "truncation": rt_arcsec, "psf": "jwst_like_psf" if psf is None else "given",
-        "sed": "power law" if sed is None else getattr(sed, "__name__", "callable"), "units": units,
-        "components": comp_names, "clumps": clump.number,
+        "sed": ("emulator:" + str(getattr(emu, "name", type(emu).__name__))) if physical
+        else "power law" if sed is None else getattr(sed, "__name__", "callable"), "units": units,
+        "components": comp_names, "clumps": clump.number, "physical": physical,
     }
     source_id = f"synthetic-{int(seed)}"
     observed = schema.from_arrays(
@@ -685,6 +900,12 @@ def galaxy(
     if clump.number:
         comp_meta.append({**dataclasses.asdict(clump), "name": "clumps", "positions": [
             {"y": cy + cl["dy"], "x": cx + cl["dx"], "flux_fraction": cl["weight"]} for cl in clump_list]})
+    if physical:
+        for k, meta in enumerate(comp_meta):
+            meta.pop("flux", None)
+            meta.pop("slope", None)
+            meta.update(phys_meta[k])
+            meta["derived"] = {key: float(v[k]) for key, v in derived.items()}
     fu = units
 
     def var(dims, data, unit, long_name):
@@ -724,6 +945,88 @@ def galaxy(
             schema.HISTORY: "[]",
         },
     )
+    if physical:
+        truth = _physical_truth(truth, emu, theta, derived, prof_pad[:, sl[0], sl[1]], comp_names, z_phys, ps)
     params["runtime_s"] = round(time.perf_counter() - t_start, 4)
     truth = schema.append_history(truth, "synth.galaxy", params)
     return observed, truth
+
+
+def _load_emulator(emulator: Any) -> Any:
+    """The emulator object for physical mode (default: the bundled one, loaded lazily)."""
+    if emulator is None or isinstance(emulator, (str, os.PathLike)):
+        from .sed import load_emulator
+
+        return load_emulator("default" if emulator is None else emulator)
+    for attr in ("param_names", "bounds", "evaluate"):
+        if not hasattr(emulator, attr):
+            raise SchemaError(f"emulator: expected an SED emulator (pegleg.sed.load_emulator), got "
+                              f"{type(emulator).__name__} without {attr!r}")
+    return emulator
+
+
+def _physical_truth(truth: xr.Dataset, emu: Any, theta: np.ndarray, derived: Mapping[str, np.ndarray],
+                    prof: np.ndarray, comp_names: list[str], redshift: float, ps: float) -> xr.Dataset:
+    """Add the physical (y, x) maps and attributes to ``truth`` (module docstring, "Physical SEDs")."""
+    import astropy.units as u
+    from astropy.cosmology import FlatLambdaCDM
+
+    kpc_per_arcsec = float(FlatLambdaCDM(H0=_H0, Om0=_OM0).kpc_proper_per_arcmin(redshift).to_value(u.kpc / u.arcsec))
+    area = (ps * kpc_per_arcsec) ** 2
+    mass_c = 10.0 ** derived["log_stellar_mass"]
+    sfr100_c = 10.0 ** derived["log_sfr100"]
+    sfr10_c = 10.0 ** derived["log_sfr10"]
+    age_c, av_c = derived["log_age_mw"], derived["av"]
+
+    mass = np.tensordot(mass_c, prof, axes=1)
+    mass_f = np.maximum(mass, PHYSICAL_FLOOR)
+    sfr100_f = np.maximum(np.tensordot(sfr100_c, prof, axes=1), PHYSICAL_FLOOR)
+    sfr10_f = np.maximum(np.tensordot(sfr10_c, prof, axes=1), PHYSICAL_FLOOR)
+    has = mass > PHYSICAL_FLOOR
+    w = mass_c[:, None, None] * prof / np.where(has, mass, 1.0)
+    age_int = math.log10(float(np.sum(mass_c * 10.0 ** age_c) / np.sum(mass_c)))
+    av_int = float(np.sum(mass_c * av_c) / np.sum(mass_c))
+    age = np.where(has, np.log10(np.maximum(np.tensordot(10.0 ** age_c, w, axes=1), PHYSICAL_FLOOR)), age_int)
+    av = np.where(has, np.tensordot(av_c, w, axes=1), av_int)
+
+    Yd, Xd = schema.Y, schema.X
+    maps = {
+        schema.LOG_STELLAR_MASS: np.log10(mass_f),
+        schema.STELLAR_MASS_DENSITY: mass_f / area,
+        schema.LOG_SFR100: np.log10(sfr100_f),
+        schema.LOG_SFR10: np.log10(sfr10_f),
+        schema.SFR_DENSITY: sfr100_f / area,
+        schema.LOG_AGE_MW: age,
+        schema.AV: av,
+    }
+    out = truth.copy()
+    for name, data in maps.items():
+        units, long_name = schema.PHYSICAL[name]
+        out[name] = schema.set_attrs(xr.DataArray(data, dims=(Yd, Xd)), units, long_name)
+    pnames = [str(n) for n in emu.param_names]
+    out = out.assign_coords(sed_param=("sed_param", np.array(pnames, dtype=object),
+                                       {"long_name": "emulator parameter", "units": "1"}))
+    out["component_sed_params"] = schema.set_attrs(
+        xr.DataArray(theta, dims=("component", "sed_param")), "1",
+        "emulator parameters of each component (units per parameter)")
+    out["component_profile"] = schema.set_attrs(
+        xr.DataArray(prof, dims=("component", Yd, Xd)), "1",
+        "normalised intrinsic pixel-integrated profile of each component (sums to 1 over the rendered region)")
+    attrs = {
+        "sed_model": "emulator",
+        "emulator": str(getattr(emu, "name", type(emu).__name__)),
+        "sed_param_names": json.dumps(pnames),
+        "cosmology": f"FlatLambdaCDM(H0={_H0:g}, Om0={_OM0:g})",
+        "kpc_per_arcsec": kpc_per_arcsec,
+        "pixel_area_kpc2": area,
+        "log_stellar_mass_total": math.log10(float(mass_c.sum())),
+        "log_sfr100_total": math.log10(max(float(sfr100_c.sum()), PHYSICAL_FLOOR)),
+    }
+    ilm = pnames.index("log_mass_formed")
+    for k, name in enumerate(comp_names):
+        attrs[f"{name}_sed_params"] = np.asarray(theta[k], dtype=np.float64)
+        attrs[f"{name}_log_mass_formed"] = float(theta[k, ilm])
+        for key in ("log_stellar_mass", "log_sfr100", "log_sfr10", "log_age_mw", "av"):
+            attrs[f"{name}_{key}"] = float(derived[key][k])
+    out.attrs.update(attrs)
+    return out
