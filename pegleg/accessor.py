@@ -97,6 +97,12 @@ class PeglegAccessor:
 
         return resolution_test(self._ds, short, long, **kwargs)
 
+    def calibrate_errors(self, **kwargs) -> xr.Dataset:
+        """Rescale ``error`` to the measured sky rms per band (:func:`pegleg.noise.calibrate_errors`)."""
+        from .noise import calibrate_errors
+
+        return calibrate_errors(self._ds, **kwargs)
+
     def sedfit(self, *, redshift=None, emulator=None, **kwargs) -> xr.Dataset:
         """Per-pixel (or per-bin) SED posteriors and physical maps (:func:`pegleg.sed.sedfit`)."""
         from .sed.step import sedfit

@@ -132,6 +132,7 @@ STELLAR_MASS_DENSITY, SFR_DENSITY = "stellar_mass_density", "sfr_density"
 CHI2, N_BANDS, SNR, ESS, INFORMATION_GAIN = "chi2", "n_bands", "snr", "ess", "information_gain"
 SEDFIT_FLAG, MODEL_IMAGE, SED_RESIDUAL, POSTERIOR_SAMPLES = "sedfit_flag", "model_image", "sed_residual", "posterior_samples"
 BIN_ID = "bin_id"
+ERROR_SCALE = "error_scale"
 
 #: (units, long_name) of the per-pixel physical quantities (the sedfit outputs carry a
 #: ``quantile`` dimension; the synthetic truth has plain (y, x) maps of the same names).
@@ -163,6 +164,7 @@ VARIABLES.update({
     POSTERIOR_SAMPLES: ((Y, X, SAMPLE, PARAM), "1",
                         "equally weighted posterior draws of the emulator parameters (units per param)"),
     BIN_ID: ((Y, X), "1", "spatial bin of each pixel (-1 = not binned)"),
+    ERROR_SCALE: ((BAND,), "1", "factor applied to the error map (measured sky rms / median error)"),
 })
 
 _COORD_ATTRS = {
