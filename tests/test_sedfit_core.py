@@ -134,3 +134,96 @@ def test_bad_inputs(emulator):
         F.fit_photometry(f, f[:, :2], ["F150W", "F277W", "F444W"], 2.0, emulator=emulator, method="nested")
     with pytest.raises(FitError, match="method"):
         F.fit_photometry(f, f, ["F150W", "F277W", "F444W"], 2.0, emulator=emulator, method="mcmc")
+
+
+def _random_network(tmp_path=None, filters=("F150W", "F277W", "F444W"), seed=0):
+    from pegleg.sed.npe import MASS_PER_FLUX, SUMMARY_NAMES, PosteriorNetwork, head_size
+
+    rng = np.random.default_rng(seed)
+    names = ["log_metallicity", "av"]
+    nin, w = 3 * len(filters) + 2, 16
+    da, db = len(names) + 1, len(SUMMARY_NAMES)
+    meta = {"filters": list(filters), "param_names": names + [MASS_PER_FLUX], "bounds": [[-2, 0.2], [0, 4]],
+            "summary_names": list(SUMMARY_NAMES), "n_components": [2, 2], "activation": "silu",
+            "redshift_range": [0.1, 7.0]}
+    return PosteriorNetwork([rng.normal(0, 0.3, (nin, w))], [np.zeros(w)],
+                            rng.normal(0, 0.1, (w, head_size(2, da))), np.zeros(head_size(2, da)),
+                            rng.normal(0, 0.1, (w, head_size(2, db))), np.zeros(head_size(2, db)),
+                            np.zeros(nin), np.ones(nin), np.zeros(da), np.ones(da), np.zeros(db), np.ones(db), meta)
+
+
+def test_network_transforms_and_io(tmp_path):
+    from pegleg.sed.npe import load_posterior_network, save_posterior_network
+
+    net = _random_network()
+    rng = np.random.default_rng(1)
+    u = rng.normal(0, 3, (5, 2))
+    th, lj = net.from_unconstrained(u)
+    assert np.all(th >= net.bounds[:, 0]) and np.all(th <= net.bounds[:, 1])
+    np.testing.assert_allclose(net.to_unconstrained(th), u, rtol=1e-8, atol=1e-8)
+    h = 1e-6
+    num = sum(np.log((net.from_unconstrained(u + h * np.eye(2)[j])[0][:, j] -
+                      net.from_unconstrained(u - h * np.eye(2)[j])[0][:, j]) / (2 * h)) for j in range(2))
+    np.testing.assert_allclose(lj, num, rtol=1e-5)
+    path = save_posterior_network(net, tmp_path / "net.npz")
+    back = load_posterior_network(str(path))
+    f = rng.uniform(0.1, 1, (4, 3))
+    p1, s1, l1 = net(f, f * 0.1, np.ones_like(f, bool), 2.0)
+    p2, s2, l2 = back(f, f * 0.1, np.ones_like(f, bool), 2.0)
+    np.testing.assert_allclose(p1.mean, p2.mean, rtol=1e-6)
+    np.testing.assert_allclose(s1.scale_tril, s2.scale_tril, rtol=1e-6)
+    with pytest.raises(EmulatorError, match="not trained on filters"):
+        net.filter_index(["F150W", "F090W"])
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(EmulatorError, match="not a readable"):
+        load_posterior_network(str(tmp_path / "bad.npz"))
+    with pytest.raises(EmulatorError, match="does not exist"):
+        load_posterior_network(str(tmp_path / "missing.npz"))
+
+
+def _toy_emulator(filters):
+    """A random smooth 3-band 'SED model' with two shape parameters (an MLPEmulator)."""
+    from pegleg.sed.emulator import MLPEmulator
+
+    rng = np.random.default_rng(42)
+    names = ["log_mass_formed", "redshift", "log_metallicity", "av"]
+    outputs = ["mag:F444W", "color:F150W", "color:F277W"]
+    W = [rng.normal(0, 1.0, (3, 8)), rng.normal(0, 0.4, (8, 3))]
+    b = [rng.normal(0, 0.3, 8), np.zeros(3)]
+    meta = dict(param_names=names, bounds=[[6, 12.5], [0.01, 10], [-2, 0.2], [0, 4]], prior={},
+                filters=list(filters), reference_filter="F444W", reference_log_mass=10.0, outputs=outputs,
+                activation="tanh", training={}, accuracy={})
+    return MLPEmulator(W, b, np.array([2.0, -0.9, 2.0]), np.array([1.0, 0.6, 1.2]), np.array([24.0, 0.5, 0.2]),
+                       np.array([1.0, 1.0, 1.0]), np.zeros(3), meta)
+
+
+def test_importance_sampling_matches_a_brute_force_posterior():
+    """Random (untrained) proposal + many draws: the weighted posterior equals a grid posterior."""
+    filters = ["F150W", "F277W", "F444W"]
+    emu = _toy_emulator(filters)
+    net = _random_network(filters=filters, seed=5)
+    truth = np.array([[9.0, 2.0, -0.6, 1.3]])
+    f0, _ = emu.evaluate(truth, filters)
+    err = 0.04 * f0
+    obs = f0 + err * np.random.default_rng(8).standard_normal(f0.shape)
+    # brute force: (Z, A_V) grid, log-mass grid, uniform priors, Gaussian likelihood
+    zg, ag = np.linspace(-2, 0.2, 111), np.linspace(0, 4, 101)
+    Zm, Am = np.meshgrid(zg, ag, indexing="ij")
+    th = np.column_stack([np.full(Zm.size, 10.0), np.full(Zm.size, 2.0), Zm.ravel(), Am.ravel()])
+    g, _ = emu.evaluate(th, filters)                      # flux at log M = 10
+    lm = np.linspace(8.5, 9.5, 401)
+    A = 10 ** (lm - 10.0)
+    chi2 = (((obs[0] - A[:, None, None] * g[None]) / err[0]) ** 2).sum(-1)   # (mass, grid)
+    post = np.exp(-0.5 * (chi2 - chi2.min()))
+    def q(p, x):
+        c = (np.cumsum(p) - 0.5 * p) / p.sum()       # mass of each grid cell at its centre
+        return np.interp([0.16, 0.5, 0.84], c, x)
+    p_z = post.sum(0).reshape(Zm.shape).sum(1)
+    p_a = post.sum(0).reshape(Zm.shape).sum(0)
+    p_m = post.sum(1)
+    r = F.fit_photometry(obs, err, filters, 2.0, emulator=emu, network=net, n_draws=6000, ess_target=3000, max_rounds=3,
+                         error_floor=0.0, emulator_sigma=False, seed=3)
+    assert r["ess"][0] > 1000
+    np.testing.assert_allclose(r["log_metallicity"][0], q(p_z, zg), atol=0.04)
+    np.testing.assert_allclose(r["av"][0], q(p_a, ag), atol=0.04)
+    np.testing.assert_allclose(r["log_mass_formed"][0], q(p_m, lm), atol=0.01)

@@ -456,7 +456,7 @@ def _fit_fast(prob, net, rows, dst, n_draws, n_samples, rng, out):
     d = len(prob.fit_idx)
     a = prop.sample(n_draws, rng)
     b = summ.sample(n_draws, rng)
-    theta_fit, _ = net.from_unconstrained(a[..., :d])
+    theta_fit, _ = net.from_unconstrained(a[..., :d], jacobian=False)
     ls = log_scale[:, None]
     P = prob.emu.param_names
     vals = {"log_mass_formed": a[..., d] + ls, "log_stellar_mass": b[..., 0] + ls,
