@@ -367,9 +367,9 @@ def _kind(name: str, units: str) -> str:
 
 
 def _kpc_per_arcsec(z: float) -> float:
-    from astropy.cosmology import Planck18
+    from .cosmology import kpc_per_arcsec
 
-    return float(Planck18.kpc_proper_per_arcmin(z).value) / 60.0
+    return kpc_per_arcsec(z)
 
 
 # ---------------------------------------------------------------------------
@@ -442,7 +442,7 @@ def radial_profile(ds: xr.Dataset, var: str = "image", *, center: Any = None, el
     xarray.Dataset
         Dimension ``radius`` (plus the variable's other non-spatial dims, first).
         Coordinates ``radius`` (annulus centre), ``radius_inner``, ``radius_outer``
-        (arcsec), ``radius_kpc`` (proper kpc, Planck18, when ``attrs['redshift'] > 0``);
+        (arcsec), ``radius_kpc`` (proper kpc, :mod:`pegleg.cosmology`, when ``attrs['redshift'] > 0``);
         variables ``profile``, ``profile_per_arcsec2`` (per-pixel quantities only),
         ``profile_error``, ``cumulative``, ``npix``, ``area`` (..., radius) and ``r50``,
         ``r80`` (arcsec; the non-spatial dims, 0-d when there are none, then also in
@@ -630,7 +630,7 @@ def radial_profile(ds: xr.Dataset, var: str = "image", *, center: Any = None, el
     if z is not None and z > 0:
         k = _kpc_per_arcsec(z)
         coords["radius_kpc"] = (R, coords[R][1] * k, {"units": "kpc",
-                                                      "long_name": "annulus centre, proper distance (Planck18)"})
+                                                      "long_name": "annulus centre, proper distance (flat LCDM, H0=70, Om0=0.3)"})
     for d in extra:
         coords[d] = da[d]
         for cname, c in da.coords.items():

@@ -249,7 +249,6 @@ PHYSICAL_DEFAULTS: dict[str, dict[str, Any]] = {
 #: Floor applied to per-pixel stellar masses (Msun) and SFRs (Msun/yr) before log10.
 PHYSICAL_FLOOR = 1e-30
 _PHYS_KEYS = ("log_mass", "sed")
-_H0, _OM0 = 70.0, 0.3
 
 
 # ---------------------------------------------------------------------------
@@ -965,13 +964,18 @@ def _load_emulator(emulator: Any) -> Any:
     return emulator
 
 
+def _cosmo_name() -> str:
+    from .cosmology import NAME
+
+    return NAME
+
+
 def _physical_truth(truth: xr.Dataset, emu: Any, theta: np.ndarray, derived: Mapping[str, np.ndarray],
                     prof: np.ndarray, comp_names: list[str], redshift: float, ps: float) -> xr.Dataset:
     """Add the physical (y, x) maps and attributes to ``truth`` (module docstring, "Physical SEDs")."""
-    import astropy.units as u
-    from astropy.cosmology import FlatLambdaCDM
+    from .cosmology import kpc_per_arcsec as _kpa
 
-    kpc_per_arcsec = float(FlatLambdaCDM(H0=_H0, Om0=_OM0).kpc_proper_per_arcmin(redshift).to_value(u.kpc / u.arcsec))
+    kpc_per_arcsec = _kpa(redshift)
     area = (ps * kpc_per_arcsec) ** 2
     mass_c = 10.0 ** derived["log_stellar_mass"]
     sfr100_c = 10.0 ** derived["log_sfr100"]
@@ -1016,7 +1020,7 @@ def _physical_truth(truth: xr.Dataset, emu: Any, theta: np.ndarray, derived: Map
         "sed_model": "emulator",
         "emulator": str(getattr(emu, "name", type(emu).__name__)),
         "sed_param_names": json.dumps(pnames),
-        "cosmology": f"FlatLambdaCDM(H0={_H0:g}, Om0={_OM0:g})",
+        "cosmology": _cosmo_name(),
         "kpc_per_arcsec": kpc_per_arcsec,
         "pixel_area_kpc2": area,
         "log_stellar_mass_total": math.log10(float(mass_c.sum())),

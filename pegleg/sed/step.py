@@ -42,11 +42,9 @@ _OUT_NAMES = {"log_stellar_mass": S.LOG_STELLAR_MASS, "log_sfr100": S.LOG_SFR100
 
 def pixel_area_kpc2(pixel_scale: float, redshift: float) -> float:
     """Physical area of one pixel (kpc^2) at ``redshift``: flat LCDM, H0 = 70, Om0 = 0.3 (as bagpipes)."""
-    from astropy.cosmology import FlatLambdaCDM
+    from ..cosmology import pixel_area_kpc2 as area
 
-    cosmo = FlatLambdaCDM(H0=70, Om0=0.3)
-    kpc_per_arcsec = cosmo.kpc_proper_per_arcmin(redshift).value / 60.0
-    return float((pixel_scale * kpc_per_arcsec) ** 2)
+    return area(pixel_scale, redshift)
 
 
 def _to_ujy(units: str) -> float:
