@@ -103,6 +103,18 @@ class PeglegAccessor:
 
         return calibrate_errors(self._ds, **kwargs)
 
+    def bin(self, target_snr=None, band: str = "F444W", method: str = "voronoi", **kwargs) -> xr.Dataset:
+        """Group pixels into bins of a target S/N; adds ``bin_id`` (:func:`pegleg.binning.bin`)."""
+        from .binning import bin as bin_pixels
+
+        return bin_pixels(self._ds, target_snr, band, method, **kwargs)
+
+    def binned(self, **kwargs) -> xr.Dataset:
+        """Per-bin photometry table (bin, band) from ``bin_id`` (:func:`pegleg.binning.binned`)."""
+        from .binning import binned
+
+        return binned(self._ds, **kwargs)
+
     def sedfit(self, *, redshift=None, emulator=None, **kwargs) -> xr.Dataset:
         """Per-pixel (or per-bin) SED posteriors and physical maps (:func:`pegleg.sed.sedfit`)."""
         from .sed.step import sedfit

@@ -132,6 +132,11 @@ STELLAR_MASS_DENSITY, SFR_DENSITY = "stellar_mass_density", "sfr_density"
 CHI2, N_BANDS, SNR, ESS, INFORMATION_GAIN = "chi2", "n_bands", "snr", "ess", "information_gain"
 SEDFIT_FLAG, MODEL_IMAGE, SED_RESIDUAL, POSTERIOR_SAMPLES = "sedfit_flag", "model_image", "sed_residual", "posterior_samples"
 BIN_ID = "bin_id"
+# -- the per-bin table of pegleg.binning.binned (a separate Dataset, dims (bin, band));
+#    ``error`` and ``snr`` reuse the stamp names, so their (bin, ...) entries live in
+#    BINNED_VARIABLES rather than VARIABLES
+BIN = "bin"
+BIN_FLUX, BIN_ERROR, BIN_N_PIXELS, BIN_Y, BIN_X, BIN_SNR = "flux", ERROR, "n_pixels", "bin_y", "bin_x", SNR
 ERROR_SCALE = "error_scale"
 
 #: (units, long_name) of the per-pixel physical quantities (the sedfit outputs carry a
@@ -166,6 +171,105 @@ VARIABLES.update({
     BIN_ID: ((Y, X), "1", "spatial bin of each pixel (-1 = not binned)"),
     ERROR_SCALE: ((BAND,), "1", "factor applied to the error map (measured sky rms / median error)"),
 })
+
+#: name -> (dims, units, long_name) of the per-bin table (:func:`pegleg.binning.binned`).
+BINNED_VARIABLES: dict[str, tuple[tuple[str, ...], str, str]] = {
+    BIN_FLUX: ((BIN, BAND), IMAGE_UNIT, "summed flux of the bin's unmasked pixels"),
+    BIN_ERROR: ((BIN, BAND), IMAGE_UNIT, "1-sigma uncertainty of the bin flux "
+                                         "(quadrature sum of pixel errors x covariance factor)"),
+    BIN_N_PIXELS: ((BIN,), "pixel", "number of pixels in the bin"),
+    BIN_Y: ((BIN,), "pixel", "flux-weighted centroid of the bin, row"),
+    BIN_X: ((BIN,), "pixel", "flux-weighted centroid of the bin, column"),
+    BIN_SNR: ((BIN,), "1", "signal-to-noise ratio of the bin in the binning band(s)"),
+}
+
+# -- spectra (pegleg.spectrum): a 1-D spectrum (wavelength), an IFU cube (wavelength, y, x),
+#    the line table of line_fluxes (line) and the result of compare (wavelength, degree,
+#    window, line).  ``flux``, ``error`` and ``mask`` reuse the stamp names with spectral
+#    dims, so every spectrum entry lives in SPECTRUM_VARIABLES rather than VARIABLES.
+FLUX = "flux"
+LINE, DEGREE, WINDOW = "line", "degree", "window"
+SPECTRUM_KIND, SPECTRUM_SOURCE = "kind", "source"
+#: Values of the ``kind`` attribute of a spectrum Dataset.
+SPECTRUM_KINDS = ("1d", "cube")
+LINE_REST_WAVELENGTH, LINE_COMPONENTS, LINE_BLEND = "line_rest_wavelength", "line_components", "line_blend"
+LINE_FLUX, LINE_FLUX_ERROR = "line_flux", "line_flux_error"
+LINE_FLUX_UJY_UM, LINE_FLUX_UJY_UM_ERROR = "line_flux_ujy_um", "line_flux_ujy_um_error"
+LINE_SNR, LINE_CENTRE, LINE_CENTRE_ERROR = "line_snr", "line_centre", "line_centre_error"
+LINE_CONTINUUM, LINE_EW_REST = "line_continuum", "line_ew_rest"
+MODEL_FLUX, MODEL_FLUX_ERROR, MODEL_CALIBRATED = "model_flux", "model_flux_error", "model_calibrated"
+CALIBRATION, CALIBRATION_ERROR = "calibration", "calibration_error"
+CALIBRATION_COEFFICIENTS, CALIBRATION_COEFFICIENTS_ERROR = "calibration_coefficients", "calibration_coefficients_error"
+FIT_PIXEL, SPECTRUM_RESIDUAL = "fit_pixel", "spectrum_residual"
+CHI2_BEFORE, CHI2_AFTER = "chi2_before", "chi2_after"
+CHI2_REDUCED_BEFORE, CHI2_REDUCED_AFTER, N_PIXELS_FIT = "chi2_reduced_before", "chi2_reduced_after", "n_pixels_fit"
+WINDOW_START, WINDOW_END = "window_start", "window_end"
+CONTINUUM_RESIDUAL, CONTINUUM_RESIDUAL_ERROR = "continuum_residual", "continuum_residual_error"
+CONTINUUM_RESIDUAL_BEFORE = "continuum_residual_before"
+D4000_OBSERVED, D4000_OBSERVED_ERROR = "d4000_observed", "d4000_observed_error"
+D4000_MODEL, D4000_MODEL_ERROR = "d4000_model", "d4000_model_error"
+LINE_FLUX_OBSERVED, LINE_FLUX_OBSERVED_ERROR = "line_flux_observed", "line_flux_observed_error"
+LINE_FLUX_MODEL, LINE_FLUX_MODEL_ERROR = "line_flux_model", "line_flux_model_error"
+LINE_RATIO_OBSERVED, LINE_RATIO_OBSERVED_ERROR = "line_ratio_observed", "line_ratio_observed_error"
+LINE_RATIO_MODEL, LINE_RATIO_MODEL_ERROR = "line_ratio_model", "line_ratio_model_error"
+
+_LINE_FLUX_CGS = "erg/(s cm2)"
+#: name -> (dims, units, long_name) of every variable and coordinate of the spectrum Datasets.
+SPECTRUM_VARIABLES: dict[str, tuple[tuple[str, ...], str, str]] = {
+    WAVELENGTH: ((WAVELENGTH,), "um", "observed-frame wavelength"),
+    FLUX: ((WAVELENGTH,), "uJy", "flux density"),
+    ERROR: ((WAVELENGTH,), "uJy", "1-sigma flux-density uncertainty"),
+    MASK: ((WAVELENGTH,), "1", "pixel not used (True = masked: non-finite or error <= 0)"),
+    LINE_REST_WAVELENGTH: ((LINE,), "Angstrom", "vacuum rest wavelength (flux-weighted for blends, nominal ratios)"),
+    LINE_COMPONENTS: ((LINE,), "1", "names of the lines in the entry, '+'-separated"),
+    LINE_BLEND: ((LINE,), "1", "entry is a blend of lines closer than one resolution element"),
+    LINE_FLUX: ((LINE,), _LINE_FLUX_CGS, "Gaussian line flux"),
+    LINE_FLUX_ERROR: ((LINE,), _LINE_FLUX_CGS, "1-sigma uncertainty of line_flux"),
+    LINE_FLUX_UJY_UM: ((LINE,), "uJy um", "Gaussian line flux as integral of F_nu over wavelength"),
+    LINE_FLUX_UJY_UM_ERROR: ((LINE,), "uJy um", "1-sigma uncertainty of line_flux_ujy_um"),
+    LINE_SNR: ((LINE,), "1", "line flux / its uncertainty"),
+    LINE_CENTRE: ((LINE,), "um", "fitted observed centre (this line's window fitted alone)"),
+    LINE_CENTRE_ERROR: ((LINE,), "um", "1-sigma uncertainty of line_centre"),
+    LINE_CONTINUUM: ((LINE,), "uJy", "local linear continuum at the line centre"),
+    LINE_EW_REST: ((LINE,), "Angstrom", "rest-frame equivalent width (emission positive)"),
+    MODEL_FLUX: ((WAVELENGTH,), "uJy", "predicted flux density at the instrument resolution, on the observed grid"),
+    MODEL_FLUX_ERROR: ((WAVELENGTH,), "uJy", "1-sigma model uncertainty ((q84 - q16) / 2; 0 without quantiles)"),
+    MODEL_CALIBRATED: ((WAVELENGTH,), "uJy", "model_flux x calibration polynomial"),
+    CALIBRATION: ((WAVELENGTH,), "1", "fitted multiplicative calibration polynomial"),
+    CALIBRATION_ERROR: ((WAVELENGTH,), "1", "1-sigma uncertainty of the calibration polynomial"),
+    CALIBRATION_COEFFICIENTS: ((DEGREE,), "1", "coefficient c_k of P(wavelength) = sum_k c_k (wavelength / um)^k"),
+    CALIBRATION_COEFFICIENTS_ERROR: ((DEGREE,), "1", "1-sigma uncertainty of calibration_coefficients"),
+    FIT_PIXEL: ((WAVELENGTH,), "1", "pixel used in the calibration fit (valid, modelled, away from lines)"),
+    SPECTRUM_RESIDUAL: ((WAVELENGTH,), "1", "(flux - model_calibrated) / combined sigma (NaN where not valid)"),
+    CHI2_BEFORE: ((), "1", "chi-square of the uncalibrated model over the valid pixels"),
+    CHI2_AFTER: ((), "1", "chi-square of the calibrated model over the valid pixels"),
+    CHI2_REDUCED_BEFORE: ((), "1", "chi2_before / n_pixels_fit"),
+    CHI2_REDUCED_AFTER: ((), "1", "chi2_after / (n_pixels_fit - poly_order - 1)"),
+    N_PIXELS_FIT: ((), "1", "number of valid pixels in the chi-square"),
+    WINDOW_START: ((WINDOW,), "um", "start of the continuum window"),
+    WINDOW_END: ((WINDOW,), "um", "end of the continuum window"),
+    CONTINUUM_RESIDUAL: ((WINDOW,), "1", "median (flux - model_calibrated) / model_calibrated, lines excluded"),
+    CONTINUUM_RESIDUAL_ERROR: ((WINDOW,), "1", "1-sigma uncertainty of continuum_residual (1.2533 x MAD scatter / sqrt(n))"),
+    CONTINUUM_RESIDUAL_BEFORE: ((WINDOW,), "1", "median (flux - model_flux) / model_flux (before calibration), lines excluded"),
+    D4000_OBSERVED: ((), "1", "D4000 narrow (Balogh+99) of the observed spectrum"),
+    D4000_OBSERVED_ERROR: ((), "1", "1-sigma uncertainty of d4000_observed"),
+    D4000_MODEL: ((), "1", "D4000 narrow of the calibrated model"),
+    D4000_MODEL_ERROR: ((), "1", "model uncertainty of d4000_model (from the 16/84 quantile spectra)"),
+    LINE_FLUX_OBSERVED: ((LINE,), _LINE_FLUX_CGS, "line flux measured on the observed spectrum"),
+    LINE_FLUX_OBSERVED_ERROR: ((LINE,), _LINE_FLUX_CGS, "1-sigma uncertainty of line_flux_observed"),
+    LINE_FLUX_MODEL: ((LINE,), _LINE_FLUX_CGS, "line flux measured the same way on the calibrated model"),
+    LINE_FLUX_MODEL_ERROR: ((LINE,), _LINE_FLUX_CGS, "model uncertainty of line_flux_model (16/84 quantile spectra)"),
+    LINE_RATIO_OBSERVED: ((LINE,), "1", "observed line flux / observed flux of the reference line"),
+    LINE_RATIO_OBSERVED_ERROR: ((LINE,), "1", "1-sigma uncertainty of line_ratio_observed"),
+    LINE_RATIO_MODEL: ((LINE,), "1", "model line flux / model flux of the reference line"),
+    LINE_RATIO_MODEL_ERROR: ((LINE,), "1", "model uncertainty of line_ratio_model (16/84 quantile spectra)"),
+}
+#: The IFU cube variables (same names, dims (wavelength, y, x); flux per spaxel).
+CUBE_VARIABLES: dict[str, tuple[tuple[str, ...], str, str]] = {
+    FLUX: ((WAVELENGTH, Y, X), "uJy", "flux density per spaxel"),
+    ERROR: ((WAVELENGTH, Y, X), "uJy", "1-sigma flux-density uncertainty per spaxel"),
+    MASK: ((WAVELENGTH, Y, X), "1", "spaxel not used (True = masked: non-finite, error <= 0 or DQ DO_NOT_USE)"),
+}
 
 _COORD_ATTRS = {
     BAND: {"long_name": "filter name", "units": "1"},
