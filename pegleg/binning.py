@@ -133,22 +133,7 @@ def _binning_bands(ds: xr.Dataset, band: str, bands: Any) -> list[str]:
 
 def _region(ds: xr.Dataset, region: Any) -> tuple[np.ndarray, str]:
     """(bool (y, x) region, description): None = segment if any else all."""
-    shape = (ds.sizes[S.Y], ds.sizes[S.X])
-    if region is None or (isinstance(region, str) and region == "segment"):
-        own, _ = S.source_region(ds)
-        if own is None:
-            if isinstance(region, str):
-                raise SchemaError("region='segment' needs a 'segmentation' variable with a central source")
-            return np.ones(shape, bool), "all"
-        return own, "segment"
-    if isinstance(region, str):
-        if region == "all":
-            return np.ones(shape, bool), "all"
-        raise SchemaError(f"region must be None, 'segment', 'all' or a boolean (y, x) array, got {region!r}")
-    reg = np.asarray(region.values if isinstance(region, xr.DataArray) else region)
-    if reg.shape != shape or reg.dtype != bool:
-        raise SchemaError(f"region must be a boolean array of shape {shape}, got {reg.dtype} {reg.shape}")
-    return reg, "given"
+    return S.fit_region(ds, region)
 
 
 def _factors(ds: xr.Dataset, covariance_factor: Any) -> dict[str, float]:

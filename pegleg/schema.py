@@ -42,7 +42,7 @@ __all__ = [
     "IMAGE", "ERROR", "MASK", "PSF", "SEGMENTATION", "WAVELENGTH",
     "PIXEL_SCALE", "REDSHIFT", "WCS_ATTR", "RESOLUTION", "HISTORY", "SOURCE_ID",
     "VARIABLES", "RESOLUTIONS", "variable", "source_label", "source_region",
-    "from_arrays", "validate", "check_flux_unit", "check_psf_array", "check_positive",
+    "from_arrays", "validate", "fit_region", "check_flux_unit", "check_psf_array", "check_positive",
     "append_history", "read_history", "set_attrs", "wcs_to_text", "wcs_from_text",
     "image_units", "PSF_CENTRE_TOLERANCE", "PSF_SUM_TOLERANCE",
 ]
@@ -365,6 +365,31 @@ def source_region(ds: xr.Dataset) -> tuple[np.ndarray | None, np.ndarray]:
     if own == 0:
         return None, np.zeros(shape, bool)
     return seg == own, (seg > 0) & (seg != own)
+
+
+def fit_region(ds: xr.Dataset, region: Any = None) -> tuple[np.ndarray, str]:
+    """(bool (y, x) region, description) of the pixels a step works on.
+
+    ``region`` is None (the source's segment if ``segmentation`` exists, else every
+    pixel), ``"segment"`` (requires a segmentation map), ``"all"`` or a boolean
+    (y, x) array / DataArray.
+    """
+    shape = (ds.sizes[Y], ds.sizes[X])
+    if region is None or (isinstance(region, str) and region == "segment"):
+        own, _ = source_region(ds)
+        if own is None:
+            if isinstance(region, str):
+                raise SchemaError("region='segment' needs a 'segmentation' variable with a central source")
+            return np.ones(shape, bool), "all"
+        return own, "segment"
+    if isinstance(region, str):
+        if region == "all":
+            return np.ones(shape, bool), "all"
+        raise SchemaError(f"region must be None, 'segment', 'all' or a boolean (y, x) array, got {region!r}")
+    reg = np.asarray(region.values if isinstance(region, xr.DataArray) else region)
+    if reg.shape != shape or reg.dtype != bool:
+        raise SchemaError(f"region must be a boolean array of shape {shape}, got {reg.dtype} {reg.shape}")
+    return reg, "given"
 
 
 def set_attrs(da: xr.DataArray, units: str, long_name: str, **extra: Any) -> xr.DataArray:

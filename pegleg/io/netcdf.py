@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -56,18 +55,9 @@ def to_netcdf(ds: xr.Dataset, path: str | os.PathLike, *, compress: bool = True)
     if bad:
         raise SchemaError(f"attribute(s) {bad} cannot be stored in NetCDF (None, bool or nested values); "
                           "store them as JSON text or numbers")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        ds.to_netcdf(tmp, engine=_ENGINE, encoding=_encoding(ds, compress))
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    from .atomic import atomic_write
+
+    return atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine=_ENGINE, encoding=_encoding(ds, compress)))
 
 
 def open_dataset(path: str | os.PathLike) -> xr.Dataset:

@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -646,18 +645,13 @@ def save_emulator(emu: MLPEmulator, path) -> Path:
     arrays = emu.arrays()
     arrays["metadata"] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    from ..io.atomic import atomic_write
+
+    def _write(tmp):
+        with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+
+    return atomic_write(path, _write)
 
 
 def _read_npz(path: Path) -> MLPEmulator:

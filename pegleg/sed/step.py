@@ -54,22 +54,7 @@ def _to_ujy(units: str) -> float:
 
 
 def _region(ds: xr.Dataset, region) -> np.ndarray:
-    shape = (ds.sizes[S.Y], ds.sizes[S.X])
-    if region is None or (isinstance(region, str) and region == "segment"):
-        own, _ = S.source_region(ds)
-        if own is None:
-            if isinstance(region, str):
-                raise SchemaError("region='segment' needs a 'segmentation' variable with a central source")
-            return np.ones(shape, bool)
-        return own
-    if isinstance(region, str):
-        if region == "all":
-            return np.ones(shape, bool)
-        raise SchemaError(f"region must be None, 'segment', 'all' or a boolean (y, x) array, got {region!r}")
-    reg = np.asarray(region.values if isinstance(region, xr.DataArray) else region)
-    if reg.shape != shape or reg.dtype != bool:
-        raise SchemaError(f"region must be a boolean array of shape {shape}, got {reg.dtype} {reg.shape}")
-    return reg
+    return S.fit_region(ds, region)[0]
 
 
 def sedfit(ds: xr.Dataset, *, redshift=None, redshift_sigma=None, method: str = "importance",
