@@ -121,6 +121,24 @@ class PeglegAccessor:
 
         return sedfit(self._ds, redshift=redshift, emulator=emulator, **kwargs)
 
+    def mass_profile(self, band: str = "F444W", **kwargs) -> xr.Dataset:
+        """Continuous stellar-mass profile with M/L extrapolation (:func:`pegleg.mass_profile.mass_profile`)."""
+        from .mass_profile import mass_profile
+
+        return mass_profile(self._ds, band, **kwargs)
+
+    def ml_colour(self, band: str = "F444W", colour=None, **kwargs) -> xr.Dataset:
+        """M/L vs colour per fitted pixel with running median and fit (:func:`pegleg.mass_profile.ml_colour`)."""
+        from .mass_profile import ml_colour
+
+        return ml_colour(self._ds, band, colour, **kwargs)
+
+    def profiles(self, quantities=None, **kwargs) -> xr.Dataset:
+        """Profiles of mass, SFR, A_V, age, light and colours on one radius grid (:func:`pegleg.mass_profile.profiles`)."""
+        from .mass_profile import profiles
+
+        return profiles(self._ds, quantities, **kwargs)
+
     def qa(self):
         """Per-band quality table of a deconvolved Dataset (:func:`pegleg.deconvolve.qa`)."""
         from .deconvolve import qa

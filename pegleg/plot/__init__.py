@@ -10,11 +10,14 @@ functions.
 from __future__ import annotations
 
 from .deconvolution import deconvolution
+from .profiles import ml_colour, profiles
 from .resolution import resolution_test
 from .sed import maps, sed
+from .spectrum import spectrum_comparison
 from .stamps import stamps
 
-__all__ = ["stamps", "deconvolution", "resolution_test", "maps", "sed", "PlotMethods"]
+__all__ = ["stamps", "deconvolution", "resolution_test", "maps", "sed", "spectrum_comparison", "profiles", "ml_colour",
+           "PlotMethods"]
 
 
 class PlotMethods:
@@ -43,3 +46,18 @@ class PlotMethods:
     def sed(self, *args, **kwargs):
         """SED, model and residuals of one pixel (:func:`pegleg.plot.sed`)."""
         return sed(self._ds, *args, **kwargs)
+
+    def spectrum_comparison(self, *args, **kwargs):
+        """Observed spectrum, calibrated model and residuals (:func:`pegleg.plot.spectrum_comparison`); call it
+        on the Dataset returned by :func:`pegleg.spectrum.compare`."""
+        return spectrum_comparison(self._ds, *args, **kwargs)
+
+    def profiles(self, *args, **kwargs):
+        """Stacked mass, light, colour and SED-quantity profiles (:func:`pegleg.plot.profiles`); call it on the
+        Dataset returned by :func:`pegleg.mass_profile.profiles` or :func:`pegleg.mass_profile.mass_profile`."""
+        return profiles(self._ds, *args, **kwargs)
+
+    def ml_colour(self, *args, **kwargs):
+        """log M/L against colour with running median and linear fit (:func:`pegleg.plot.ml_colour`); call it on
+        the Dataset returned by :func:`pegleg.mass_profile.ml_colour`."""
+        return ml_colour(self._ds, *args, **kwargs)
