@@ -5,6 +5,11 @@
     figures, and print recovered against true fluxes and sizes.
 ``pegleg info FILE``
     Summarise a pegleg NetCDF file (bands, shape, resolution, history).
+``pegleg run CATALOG --config CONFIG.toml --out DIR [--scheduler ADDR] [--workers N] [--no-resume] [--quiet]``
+    Run the whole chain for every galaxy of a catalogue on dask.distributed
+    (:func:`pegleg.pipeline.run_catalog`): one NetCDF file per galaxy and
+    ``DIR/summary.csv``.  Exit code 0 when the run completed (also when some galaxies
+    failed: their errors are in the summary), 2 for a bad configuration or catalogue.
 """
 
 from __future__ import annotations
@@ -57,6 +62,27 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from .pipeline import Config, counts_line, read_catalog, run_catalog
+
+    config = Config.from_toml(args.config)
+    if args.out is not None:
+        config = config.with_output_dir(args.out)
+    catalog = read_catalog(args.catalog)  # bad catalogue -> exit 2 before any cluster starts
+    if args.workers is not None and args.workers < 1:
+        raise PeglegError(f"--workers: expected at least 1, got {args.workers}")
+    try:
+        df = run_catalog(catalog, config, scheduler=args.scheduler, n_workers=args.workers,
+                         resume=not args.no_resume, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"pegleg run: interrupted; finished galaxies are in {config.output_dir} (summary.csv lists the "
+              "others as pending); run the same command again to resume", file=sys.stderr)
+        return 130
+    if args.quiet:  # otherwise run_catalog has printed the same counts
+        print(counts_line(df, config.output_dir))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``pegleg`` command."""
     p = argparse.ArgumentParser(prog="pegleg", description="PSF-corrected resolved SED fitting of galaxies.")
@@ -70,6 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="summarise a pegleg NetCDF file")
     i.add_argument("file")
     i.set_defaults(func=_info)
+    r = sub.add_parser("run", help="run the chain for every galaxy of a catalogue (dask.distributed)")
+    r.add_argument("catalog", help="catalogue: CSV or FITS table with id, ra, dec, redshift[, size]")
+    r.add_argument("--config", required=True, help="TOML configuration (see pegleg.pipeline.Config)")
+    r.add_argument("--out", default=None, help="output folder (overrides the configuration's output_dir)")
+    r.add_argument("--scheduler", default=None, help="address of a running dask scheduler "
+                   "(default: a local cluster)")
+    r.add_argument("--workers", type=int, default=None, help="worker processes of the local cluster (default 2)")
+    r.add_argument("--no-resume", action="store_true", help="recompute galaxies whose output file exists")
+    r.add_argument("--quiet", action="store_true", help="no progress lines")
+    r.set_defaults(func=_run)
     return p
 
 

@@ -1,0 +1,435 @@
+"""Catalogue runs (pegleg.pipeline, ``pegleg run``) on synthetic mosaics.
+
+Three physical synthetic galaxies (z = 2, six NIRCam bands) are pasted into 120x120
+mosaics with a TAN WCS (0.03"/px), noise and a shared segmentation map; the catalogue
+adds a fourth row outside the mosaics.  One LocalCluster (2 worker processes) serves
+the whole module.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import pegleg
+from pegleg import FileFormatError, SchemaError
+from pegleg.cli import main
+from pegleg.pipeline import Config, read_catalog, run_catalog, safe_id
+
+pytest.importorskip("distributed")
+
+BANDS = ["F115W", "F150W", "F200W", "F277W", "F356W", "F444W"]
+SCALE = 0.03
+MOSAIC = (120, 120)
+CENTRES = [(30, 30), (30, 88), (88, 58)]  # (y, x) of each pasted 33x33 stamp's centre pixel
+DISK_MASS = [9.9, 9.6, 10.2]
+IDS = ["gal-1", "gal-2", "JADES:gal 3"]    # the last one needs sanitising
+DEPTH = 6e-4  # uJy per pixel
+TINY_NETWORK = Path("/work/training/npe_tiny_test.npz")
+
+
+def _network() -> str:
+    """The bundled posterior network when it exists, else the small test network."""
+    from pegleg.sed import load_posterior_network
+
+    try:
+        load_posterior_network("default")
+        return "default"
+    except pegleg.PeglegError:
+        pass
+    if TINY_NETWORK.is_file():
+        return str(TINY_NETWORK)
+    pytest.skip("no posterior network: neither the bundled default nor the test network exists")
+
+
+def _wcs():
+    from astropy.wcs import WCS
+
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [150.1, 2.2]
+    w.wcs.crpix = [MOSAIC[1] / 2 + 0.5, MOSAIC[0] / 2 + 0.5]
+    w.wcs.cd = np.array([[-SCALE / 3600, 0.0], [0.0, SCALE / 3600]])
+    return w
+
+
+def _make_field(root: Path) -> dict[str, list[float]]:
+    """Mosaics, PSFs and catalogue under ``root``; returns the truths (log M*, half-mass and F444W r50)."""
+    from astropy.io import fits
+
+    from pegleg import synth
+    from pegleg.profiles import radial_profile
+
+    (root / "mosaics").mkdir(parents=True)
+    (root / "psf").mkdir()
+    rng = np.random.default_rng(42)
+    sci = np.zeros((len(BANDS),) + MOSAIC)
+    seg = np.zeros(MOSAIC, np.int32)
+    truths, psf = {"log_mass": [], "r50_mass": [], "r50_f444w": []}, None
+    for k, ((cy, cx), m) in enumerate(zip(CENTRES, DISK_MASS)):
+        obs, truth = synth.galaxy(BANDS, shape=(33, 33), physical=True, redshift=2.0, seed=k + 1, noise=False,
+                                  depth=DEPTH, disk={"log_mass": m})
+        sl = (slice(cy - 16, cy + 17), slice(cx - 16, cx + 17))
+        sci[(slice(None),) + sl] += obs["image"].values
+        seg[sl] = np.where(obs["segmentation"].values > 0, k + 1, seg[sl])
+        truths["log_mass"].append(float(truth.attrs["log_stellar_mass_total"]))
+        truths["r50_mass"].append(float(radial_profile(truth, "stellar_mass_density")["r50"]))
+        truths["r50_f444w"].append(float(truth["r50"].sel(band="F444W")))
+        psf = obs["psf"].values
+    sci += rng.normal(0.0, DEPTH, sci.shape)
+    hdr = _wcs().to_header()
+    hdr["BUNIT"] = "uJy"
+    for i, b in enumerate(BANDS):
+        fits.PrimaryHDU(sci[i].astype(np.float32), hdr).writeto(root / "mosaics" / f"{b}_sci.fits")
+        fits.PrimaryHDU(np.full(MOSAIC, DEPTH, np.float32), hdr).writeto(root / "mosaics" / f"{b}_err.fits")
+        ph = fits.Header()
+        ph["PIXELSCL"] = SCALE
+        fits.PrimaryHDU(psf[i], ph).writeto(root / "psf" / f"{b}.fits")
+    fits.PrimaryHDU(seg, hdr).writeto(root / "mosaics" / "seg.fits")
+    w = _wcs()
+    lines = ["ID,RA,Dec,Redshift"]  # upper-case column names on purpose
+    for gid, (cy, cx) in zip(IDS, CENTRES):
+        ra, dec = w.pixel_to_world_values(cx, cy)
+        lines.append(f"{gid},{float(ra):.8f},{float(dec):.8f},2.0")
+    ra, dec = w.pixel_to_world_values(-400, -400)  # far outside the mosaics
+    lines.append(f"outside,{float(ra):.8f},{float(dec):.8f},2.0")
+    (root / "catalog.csv").write_text("\n".join(lines) + "\n")
+    return truths
+
+
+def _mosaic_tables() -> str:
+    return "\n".join(f'[mosaics.{b}]\nsci = "mosaics/{b}_sci.fits"\nerr = "mosaics/{b}_err.fits"\n'
+                     f'seg = "mosaics/seg.fits"\n' for b in BANDS)
+
+
+def _toml(network: str, output_dir: str = "out", extra: str = "", sedfit_extra: str = "") -> str:
+    return (f'version = 1\ndata_dir = "data"\noutput_dir = "{output_dir}"\npsf = "psf"\nstamp_size = 41\n'
+            f'match_to = "F444W"\ncalibrate_errors = true\n{extra}\n'
+            f'[sedfit]\nmethod = "fast"\nnetwork = "{network}"\n{sedfit_extra}\n' + _mosaic_tables())
+
+
+@pytest.fixture(scope="module")
+def field(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    truths = _make_field(root / "data")
+    network = _network()
+    (root / "config.toml").write_text(_toml(network))
+    return {"root": root, "truths": truths, "network": network, "catalog": root / "data" / "catalog.csv",
+            "config": root / "config.toml"}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from distributed import LocalCluster
+
+    c = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def first_run(field, cluster):
+    t0 = time.perf_counter()
+    df = run_catalog(field["catalog"], field["config"], scheduler=cluster, progress=False)
+    return df, time.perf_counter() - t0
+
+
+def _values(df: pd.DataFrame) -> pd.DataFrame:
+    return df.drop(columns=["skipped"]).reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------
+# the run
+# ---------------------------------------------------------------------------
+def test_run_catalog(field, first_run):
+    df, seconds = first_run
+    print(f"\nfirst run (3 galaxies + 1 bad row, 2 workers, cluster running): {seconds:.1f} s")
+    assert list(df["id"]) == IDS + ["outside"]
+    ok = df[df["status"] == "ok"]
+    assert len(ok) == 3 and not ok["skipped"].any()
+    for col in ("log_mass_integrated_p50", "log_mass_pixel_sum_p50", "log_sfr100_integrated_p50",
+                "log_sfr100_pixel_sum_p50", "mass_difference_dex", "r50_arcsec", "half_mass_radius_arcsec",
+                "median_reduced_chi2", "sky_ok_fraction"):
+        assert np.isfinite(ok[col]).all(), col
+    # pixel sum vs integrated: the recorded difference is the difference of the medians
+    np.testing.assert_allclose(ok["mass_difference_dex"],
+                               ok["log_mass_pixel_sum_p50"] - ok["log_mass_integrated_p50"], atol=1e-9)
+    assert (ok["log_mass_integrated_p16"] <= ok["log_mass_integrated_p50"]).all()
+    assert (ok["log_mass_integrated_p50"] <= ok["log_mass_integrated_p84"]).all()
+    # real numbers: stellar masses near the truth of the synthetic galaxies
+    truth = {k: np.array(v) for k, v in field["truths"].items()}
+    truths = truth["log_mass"]
+    print("true log M*:", np.round(truths, 3), " integrated:", np.round(ok["log_mass_integrated_p50"].values, 3),
+          " pixel sum:", np.round(ok["log_mass_pixel_sum_p50"].values, 3))
+    print("true half-mass radius:", np.round(truth["r50_mass"], 4), " recovered:",
+          np.round(ok["half_mass_radius_arcsec"].values, 4), list(ok["half_mass_method"]))
+    print("true F444W r50:", np.round(truth["r50_f444w"], 4), " recovered:", np.round(ok["r50_arcsec"].values, 4))
+    assert np.all(np.abs(ok["log_mass_integrated_p50"].values - truths) < 0.3)
+    assert np.all(np.abs(ok["log_mass_pixel_sum_p50"].values - truths) < 0.3)
+    assert np.all(np.abs(ok["mass_difference_dex"]) < 0.2)
+    assert ok["deconvolve_ok_all"].astype(bool).all() and (ok["n_bands"] == 6).all()
+    assert (ok["reference_band"] == "F444W").all()
+    np.testing.assert_allclose(ok["r50_arcsec"], truth["r50_f444w"], rtol=0.2)
+    np.testing.assert_allclose(ok["half_mass_radius_arcsec"], truth["r50_mass"], rtol=0.25)
+    assert ok["half_mass_method"].str.startswith(("mass_profile", "radial_profile")).all()
+    # the bad row failed without stopping the run
+    bad = df[df["id"] == "outside"].iloc[0]
+    assert bad["status"] == "error" and "outside the image" in bad["error"] and "\n" not in bad["error"]
+    assert not np.isfinite(bad["log_mass_integrated_p50"])
+    # files: sanitised names, readable, complete
+    out = field["root"] / "out"
+    assert list(ok["file"]) == ["gal-1.nc", "gal-2.nc", "JADES_gal_3.nc"]
+    assert sorted(p.name for p in out.glob("*.nc")) == sorted(ok["file"])
+    assert not list(out.glob(".*"))  # no temporary files left
+    ds = pegleg.open_dataset(out / "JADES_gal_3.nc")
+    steps = [s["step"] for s in ds.pegleg.history]
+    assert steps[-5:] == ["psf_match", "deconvolve", "calibrate_errors", "sedfit", "pipeline"]
+    assert ds.attrs["source_id"] == "JADES:gal 3" and ds.sizes["y"] == 41
+    assert float(ds.attrs["sedfit_mass_difference_dex"]) == pytest.approx(ok["mass_difference_dex"].iloc[2])
+    # the summary on disk is the returned table
+    disk = pd.read_csv(out / "summary.csv", keep_default_na=False, na_values=[""])
+    assert list(disk.columns) == list(df.columns) and len(disk) == 4
+    np.testing.assert_allclose(disk["log_mass_integrated_p50"], df["log_mass_integrated_p50"], rtol=1e-12)
+
+
+def test_resume(field, cluster, first_run):
+    df1, first_seconds = first_run
+    out = field["root"] / "out"
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("*.nc")}
+    t0 = time.perf_counter()
+    # max_in_flight=1: one task at a time, the rest submitted as results come in
+    df2 = run_catalog(field["catalog"], field["config"], scheduler=cluster, progress=False, max_in_flight=1)
+    resume_seconds = time.perf_counter() - t0
+    print(f"\nresume (all done): {resume_seconds:.2f} s vs first run {first_seconds:.1f} s")
+    ok2 = df2[df2["status"] == "ok"]
+    assert ok2["skipped"].all() and len(ok2) == 3
+    assert df2.loc[df2["id"] == "outside", "status"].item() == "error"  # failures are retried
+    # identical values, recomputed from the files (the failed row is retried: only its time differs)
+    pd.testing.assert_frame_equal(_values(df2).drop(columns="seconds"), _values(df1).drop(columns="seconds"))
+    pd.testing.assert_series_equal(df2["seconds"][:3], df1["seconds"][:3])
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.nc")} == mtimes  # nothing rewritten
+    # delete one output: only that galaxy is recomputed
+    (out / "gal-2.nc").unlink()
+    df3 = run_catalog(field["catalog"], field["config"], scheduler=cluster, progress=False, max_in_flight=3)
+    assert list(df3["skipped"]) == [True, False, True, False]
+    assert (out / "gal-2.nc").is_file()
+    cols = [c for c in df1.columns if c.startswith(("log_", "mass_", "sfr_", "r50", "half_mass_radius"))]
+    np.testing.assert_allclose(df3.loc[1, cols].astype(float), df1.loc[1, cols].astype(float), rtol=0, atol=1e-9)
+    # resume=False recomputes (one galaxy, to save time)
+    df4 = run_catalog(read_catalog(field["catalog"]).iloc[[2]], field["config"], scheduler=cluster,
+                      progress=False, resume=False)
+    assert list(df4["skipped"]) == [False] and df4["status"].item() == "ok"
+    # an unreadable (truncated) file is recomputed, not trusted
+    (out / "gal-1.nc").write_bytes(b"CDF\x01 truncated")
+    df5 = run_catalog(field["catalog"], field["config"], scheduler=cluster, progress=False)
+    assert list(df5["skipped"]) == [False, True, True, False]
+    pegleg.open_dataset(out / "gal-1.nc")
+
+
+def test_cli_run(field, cluster, tmp_path, capsys):
+    out = tmp_path / "cli_out"
+    lines = field["catalog"].read_text().splitlines()
+    catalog = tmp_path / "two.csv"
+    catalog.write_text("\n".join([lines[0], lines[1], lines[-1]]) + "\n")  # gal-1 and the bad row
+    code = main(["run", str(catalog), "--config", str(field["config"]), "--out", str(out),
+                 "--scheduler", cluster.scheduler_address, "--quiet"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "1 ok" in text and "1 failed" in text
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary["status"]) == ["ok", "error"]
+    assert (out / "gal-1.nc").is_file()
+    # bad inputs: exit code 2 with the message, no traceback
+    bad = tmp_path / "bad.toml"
+    bad.write_text(field["config"].read_text().replace("stamp_size = 41", "stamp_size = 41\nstamp_sise = 3"))
+    assert main(["run", str(field["catalog"]), "--config", str(bad), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "stamp_sise" in err and "Traceback" not in err
+    cat = tmp_path / "cat.csv"
+    cat.write_text("id,ra,dec\n1,150.1,2.2\n")
+    assert main(["run", str(cat), "--config", str(field["config"]), "--out", str(out), "--quiet"]) == 2
+    assert "missing column(s) ['redshift']" in capsys.readouterr().err
+    assert main(["run", str(tmp_path / "nope.csv"), "--config", str(field["config"]), "--quiet"]) == 2
+    assert main(["run", str(field["catalog"]), "--config", str(tmp_path / "nope.toml"), "--quiet"]) == 2
+
+
+@pytest.mark.slow
+def test_default_local_cluster(field, tmp_path):
+    """scheduler=None starts (and closes) its own LocalCluster; a single-row catalogue."""
+    cat = read_catalog(field["catalog"]).iloc[[0]]
+    config = Config.from_toml(field["config"]).with_output_dir(tmp_path / "own")
+    df = run_catalog(cat, config, n_workers=1, progress=False)
+    assert list(df["status"]) == ["ok"] and (tmp_path / "own" / "gal-1.nc").is_file()
+
+
+def test_stamp_folders_in_process(field, tmp_path):
+    """``stamps = <folder>`` of per-galaxy folders, process_galaxy called directly (no dask)."""
+    from astropy.io import fits
+
+    from pegleg import synth
+    from pegleg.pipeline import process_galaxy
+
+    data = tmp_path / "data"
+    folder = data / "stamps" / "gal_9"  # the sanitised id
+    folder.mkdir(parents=True)
+    shutil.copytree(field["root"] / "data" / "psf", data / "psf")
+    obs, truth = synth.galaxy(BANDS, shape=(41, 41), physical=True, redshift=2.0, seed=9, depth=DEPTH)
+    for b in BANDS:
+        d = obs.sel(band=b)
+        hdr = fits.Header({"BUNIT": "uJy"})
+        fits.HDUList([fits.PrimaryHDU(),
+                      fits.ImageHDU(d["image"].values, hdr, name="SCI"),
+                      fits.ImageHDU(d["error"].values, hdr, name="ERR"),
+                      fits.ImageHDU(obs["segmentation"].values.astype(np.int32), name="SEG")]).writeto(folder / f"{b}.fits")
+    text = (f'version = 1\ndata_dir = "data"\noutput_dir = "out"\npsf = "psf"\nstamps = "stamps"\n'
+            f'open_stamps = {{pixel_scale = {SCALE}}}\n[sedfit]\nmethod = "fast"\nnetwork = "{field["network"]}"\n')
+    config = Config.from_toml(_write(tmp_path, text))
+    (tmp_path / "out").mkdir()
+    row = {"id": "gal 9", "ra": 0.0, "dec": 0.0, "redshift": 2.0}
+    res = process_galaxy(row, config)
+    assert res["status"] == "ok", res["error"]
+    assert res["file"] == "gal_9.nc" and res["stamp_size"] == 41 and not res["skipped"]
+    assert abs(res["log_mass_integrated_p50"] - float(truth.attrs["log_stellar_mass_total"])) < 0.3
+    again = process_galaxy(row, config, resume=True)
+    assert again["skipped"] and {k: v for k, v in again.items() if k != "skipped"} == pytest.approx(
+        {k: v for k, v in res.items() if k != "skipped"}, nan_ok=True)
+    missing = process_galaxy({**row, "id": "gal 10"}, config)
+    assert missing["status"] == "error" and "gal_10" in missing["error"]
+
+
+# ---------------------------------------------------------------------------
+# configuration, catalogue and path safety (no cluster)
+# ---------------------------------------------------------------------------
+def _write(root: Path, text: str, name: str = "c.toml") -> Path:
+    p = root / name
+    p.write_text(text)
+    return p
+
+
+def test_config_defaults_and_toml(field):
+    c = Config.from_toml(field["config"])
+    assert c.data_dir == field["root"] / "data" and c.output_dir == field["root"] / "out"
+    assert c.stamp_size == 41 and c.match_to == "F444W" and c.calibrate_errors is True
+    assert c.mosaics["F444W"]["seg"] == field["root"] / "data" / "mosaics" / "seg.fits"
+    assert c.sedfit["method"] == "fast"
+    d = Config(mosaics={"F444W": str(field["root"] / "data" / "mosaics" / "F444W_sci.fits")},
+               data_dir=field["root"] / "data")
+    assert d.stamp_size == 65 and d.match_to == "F444W" and d.calibrate_errors and d.deconvolve == {}
+    assert len(c.digest()) == 12 and c.digest() == Config.from_toml(field["config"]).digest()
+
+
+def test_config_errors(field):
+    root = field["root"]
+    net = field["network"]
+    base = _toml(net)
+    cases = {
+        "unknown key": (base.replace("stamp_size = 41", "stamp_size = 41\ncolour = 1"), SchemaError, "colour"),
+        "no version": (base.replace("version = 1\n", ""), SchemaError, "version"),
+        "version 2": (base.replace("version = 1", "version = 2"), SchemaError, "version"),
+        "type": (base.replace("stamp_size = 41", 'stamp_size = "41"'), SchemaError, "stamp_size"),
+        "bool type": (base.replace("calibrate_errors = true", "calibrate_errors = 1"), SchemaError,
+                      "calibrate_errors"),
+        "step option": (base + "\n[deconvolve]\nsky_modle = 'flat'\n", SchemaError, "sky_modle"),
+        "option type": (base.replace('method = "fast"', 'method = "fast"\nn_draws = "many"'), SchemaError,
+                        "n_draws"),
+        "redshift in sedfit": (base.replace('method = "fast"', 'method = "fast"\nredshift = 1.0'), SchemaError,
+                               "catalogue"),
+        "match_to unknown": (base.replace('match_to = "F444W"', 'match_to = "F999W"'), SchemaError, "F999W"),
+        "missing mosaic": (base.replace("F115W_err.fits", "F115W_nope.fits"), FileFormatError, "F115W_nope"),
+        "both inputs": (base.replace("stamp_size = 41", 'stamp_size = 41\nstamps = "mosaics"'), SchemaError,
+                        "exactly one"),
+        "not toml": ("version = = 1", SchemaError, "TOML"),
+    }
+    for name, (text, exc, match) in cases.items():
+        with pytest.raises(exc, match=match):
+            Config.from_toml(_write(root, text))
+    assert Config.from_toml(_write(root, base.replace('match_to = "F444W"', "match_to = false"))).match_to is None
+
+
+def test_path_safety(field, tmp_path):
+    root = field["root"]
+    net = field["network"]
+    outside = tmp_path / "elsewhere.fits"
+    outside.write_bytes(b"")
+    escapes = {
+        "output_dir ..": _toml(net, output_dir="../escaped"),
+        "output_dir nested ..": _toml(net, output_dir="out/../../escaped"),
+        "data_dir ..": _toml(net).replace('data_dir = "data"', 'data_dir = "data/../.."'),
+        "mosaic ..": _toml(net).replace('"mosaics/F115W_sci.fits"', '"../config.toml"'),
+        "mosaic absolute outside": _toml(net).replace('"mosaics/F115W_sci.fits"', f'"{outside}"'),
+        "psf ..": _toml(net).replace('psf = "psf"', 'psf = "../../psf"'),
+        "network not npz": _toml(net).replace(f'network = "{net}"', f'network = "{root / "config.toml"}"'),
+        "network relative ..": _toml(net).replace(f'network = "{net}"', 'network = "../x.npz"'),
+    }
+    for name, text in escapes.items():
+        with pytest.raises(SchemaError):
+            Config.from_toml(_write(root, text))
+    # a symbolic link inside data_dir that points outside is an escape too
+    link = root / "data" / "link.fits"
+    if not link.exists():
+        link.symlink_to(outside)
+    with pytest.raises(SchemaError, match="outside"):
+        Config.from_toml(_write(root, _toml(net).replace('"mosaics/F115W_sci.fits"', '"link.fits"')))
+    # an absolute path inside data_dir is fine, and a missing .npz model file is reported
+    ok = _toml(net).replace('"mosaics/F115W_sci.fits"', f'"{root / "data" / "mosaics" / "F115W_sci.fits"}"')
+    Config.from_toml(_write(root, ok))
+    with pytest.raises(FileFormatError, match="does not exist"):
+        Config.from_toml(_write(root, _toml(net).replace(f'network = "{net}"', 'network = "/no/such/net.npz"')))
+    # ids
+    assert safe_id("JADES:gal 3") == "JADES_gal_3" and safe_id(" 12 ") == "12" and safe_id("a.b-c_d") == "a.b-c_d"
+    for bad in ("../etc/passwd", "a/b", "..", "a\\b", "", ".hidden", "x..y"):
+        with pytest.raises(SchemaError):
+            safe_id(bad)
+    cfg = Config.from_toml(field["config"])
+    assert cfg.output_path("JADES:gal 3") == cfg.output_dir / "JADES_gal_3.nc"
+    with pytest.raises(SchemaError, match="path separator"):
+        cfg.output_path("../../x")
+    cat = tmp_path / "evil.csv"
+    cat.write_text("id,ra,dec,redshift\n../../evil,150.1,2.2,2.0\n")
+    with pytest.raises(SchemaError, match="row 1"):
+        read_catalog(cat)
+    cat.write_text("id,ra,dec,redshift\na b,150.1,2.2,2.0\na_b,150.1,2.2,2.0\n")
+    with pytest.raises(SchemaError, match="unique"):
+        read_catalog(cat)
+
+
+def test_read_catalog(tmp_path):
+    from astropy.table import Table
+
+    p = tmp_path / "c.csv"
+    p.write_text("Id, RA ,DEC,redshift,Size,extra\n7,150.1,2.2,1.5,3.2,x\n8,150.2,2.3,2.5,,y\n")
+    df = read_catalog(p)
+    assert list(df.columns[:5]) == ["id", "ra", "dec", "redshift", "size"] and list(df["id"]) == ["7", "8"]
+    assert df["size"].iloc[0] == 3.2 and np.isnan(df["size"].iloc[1]) and list(df["extra"]) == ["x", "y"]
+    f = tmp_path / "c.fits"
+    Table({"ID": [1, 2], "Ra": [150.1, 150.2], "dec": [2.2, 2.3], "REDSHIFT": [1.0, 2.0]}).write(f)
+    df = read_catalog(f)
+    assert list(df["id"]) == ["1", "2"] and df["redshift"].tolist() == [1.0, 2.0] and df["size"].isna().all()
+    p.write_text("id,ra,dec,redshift\n1,150.1,abc,1.0\n")
+    with pytest.raises(SchemaError, match=r"column 'dec', row 1 \(id '1'\): 'abc'"):
+        read_catalog(p)
+    p.write_text("id,ra,dec,redshift\n1,150.1,2.2,\n")
+    with pytest.raises(SchemaError, match="redshift"):
+        read_catalog(p)
+    p.write_text("name,ra,dec,redshift\n1,150.1,2.2,1\n")
+    with pytest.raises(SchemaError, match=r"missing column\(s\) \['id'\]"):
+        read_catalog(p)
+    p.write_text("id,ra,dec,redshift\n")
+    with pytest.raises(SchemaError, match="no rows"):
+        read_catalog(p)
+    with pytest.raises(FileFormatError, match="not found"):
+        read_catalog(tmp_path / "missing.csv")
+
+
+def test_stamp_size_from_catalogue(field):
+    from pegleg.pipeline import _stamp_size
+
+    c = Config.from_toml(field["config"])
+    assert _stamp_size({"size": None}, c) == 41
+    assert _stamp_size({"size": 10.0}, c) == 41 and _stamp_size({"size": 10.3}, c) == 43
+    assert _stamp_size({"size": 1.0}, c) == 15
