@@ -9,7 +9,9 @@
     extrapolated: ``ml_method="constant"`` uses the median M/L of the outermost
     ``n_ml`` reliable annuli; ``ml_method="colour"`` fits ``log M/L = a + b * colour``
     over the reliable annuli and applies it to the colour profile.  The mass profile
-    there is M/L x the light profile of ``band``.  Uncertainties: the measured part from
+    there is M/L x the light profile of ``band`` -- of the intrinsic multi-Gaussian
+    ``model`` when the Dataset has one (after ``deconvolve``: smooth where the pixels are
+    noise-dominated), else of ``image``.  Uncertainties: the measured part from
     the pixels' posterior widths (``(p84 - p16) / 2`` of the surface density, averaged
     in quadrature in each annulus); the extrapolated part adds the scatter of the M/L
     of the outermost reliable annuli (or the colour-fit residual scatter).  Totals and
@@ -108,7 +110,7 @@ def mass_profile(ds: xr.Dataset, band: str = "F444W", *, min_snr: float = DEFAUL
          "fitted": ((S.Y, S.X), fitted.astype(float), {"units": "1"}),
          "snr": ds[S.SNR].assign_attrs(units="1")},
         attrs=ds.attrs)
-    for v in (S.IMAGE, S.ERROR, S.MASK):
+    for v in (S.IMAGE, S.ERROR, S.MASK, S.MODEL):
         if v in ds:
             work[v] = ds[v]
     if S.CENTRE_Y in ds:
@@ -122,6 +124,14 @@ def mass_profile(ds: xr.Dataset, band: str = "F444W", *, min_snr: float = DEFAUL
     pf = radial_profile(work, "fitted", **geo)
     psnr = radial_profile(work, "snr", **geo)
     pl = radial_profile(work, S.IMAGE, band=band, **geo)
+    # beyond the reliable radius the light comes from the intrinsic (PSF-free) model when the
+    # Dataset has one (deconvolve): smooth where the pixels are noise-dominated
+    if S.MODEL in work:
+        plm = radial_profile(work, S.MODEL, band=band, **geo)
+        light_ext = np.asarray(plm["profile"].values).reshape(-1) / area_pix
+        light_source = "model"
+    else:
+        light_ext, light_source = None, "image"
     r = pm["radius"].values
     area = pm["area"].values * area_pix                     # kpc^2 of each annulus inside the stamp
     light = np.asarray(pl["profile"].values).reshape(-1) / area_pix
@@ -166,6 +176,9 @@ def mass_profile(ds: xr.Dataset, band: str = "F444W", *, min_snr: float = DEFAUL
         ml_ext = float(np.median(ml_out[~reliable])) if (~reliable).any() else float(ml_out[idx[-1]])
         log_ml_sig = np.full(r.size, float(np.std(resid)) if use.size > 2 else 0.0)
     extrap = ~reliable
+    if light_ext is not None:
+        light_err = np.where(reliable, light_err, 0.0)
+        light = np.where(reliable, light, light_ext)
     dens = np.where(reliable, mass, ml_out * light)
     dens_err = np.where(reliable, mass_err, np.abs(dens) * np.sqrt((np.log(10) * log_ml_sig) ** 2 +
                                                                      (light_err / np.where(light > 0, light, np.inf)) ** 2))
@@ -214,7 +227,8 @@ def mass_profile(ds: xr.Dataset, band: str = "F444W", *, min_snr: float = DEFAUL
                "log_mass_total": np.log10(np.percentile(np.maximum(tot, 1e-30), pct)),
                "r50_mass": np.percentile(r50m, pct), "r50_light": np.percentile(r50l, pct),
                "r50_mass_kpc": np.percentile(r50m, pct) * kpa, "redshift": float(z),
-               "pixel_scale": ps, "colour": ",".join(colour_pair) if colour_pair else ""},
+               "pixel_scale": ps, "colour": ",".join(colour_pair) if colour_pair else "",
+               "extrapolated_light": light_source},
     )
     return out
 
@@ -231,7 +245,7 @@ def _half(cum: np.ndarray, edges: np.ndarray) -> float:
 
 
 def ml_colour(ds: xr.Dataset, band: str = "F444W", colour: Sequence[str] | None = None, *,
-              min_snr: float = DEFAULT_MIN_SNR, n_bins: int = 8) -> xr.Dataset:
+              min_snr: float = 10.0, n_bins: int = 8) -> xr.Dataset:
     """M/L in ``band`` vs a colour for every fitted pixel (see the module docstring).
 
     Returns a Dataset over ``pixel`` (``colour``, ``log_ml``, ``y``, ``x``) and over
@@ -250,8 +264,9 @@ def ml_colour(ds: xr.Dataset, band: str = "F444W", colour: Sequence[str] | None 
     fitted = _fitted_map(ds)
     img = ds[S.IMAGE]
     fb, fr, fl = (img.sel({S.BAND: b}).values for b in (blue, red, band))
-    err = ds[S.ERROR].sel({S.BAND: band}).values
-    use = fitted & (fb > 0) & (fr > 0) & (fl > 0) & (fl / err >= min_snr)
+    eb, er, el = (ds[S.ERROR].sel({S.BAND: b}).values for b in (blue, red, band))
+    # S/N cut in every band used: noisy colours flatten the fitted slope (regression dilution)
+    use = fitted & (fb / eb >= min_snr) & (fr / er >= min_snr) & (fl / el >= min_snr)
     if use.sum() < 5:
         raise FitError(f"ml_colour: only {int(use.sum())} pixels with positive fluxes and S/N >= {min_snr}")
     col = -2.5 * np.log10(fb[use] / fr[use])

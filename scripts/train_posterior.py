@@ -35,7 +35,10 @@ from pegleg.sed.npe import (MASS_PER_FLUX, SUMMARY_NAMES, PosteriorNetwork, feat
 from pegleg.sed.simulate import emulator_fraction
 
 
-def simulate(emu, filters, n, rng, zrange):
+SNR_RANGE = (0.3, 1000.0)
+
+
+def simulate(emu, filters, n, rng, zrange, snr_range=SNR_RANGE):
     """(X features, targets A, targets B) for n fresh simulated pixels."""
     P = len(emu.param_names)
     im, iz = emu.param_names.index("log_mass_formed"), emu.param_names.index("redshift")
@@ -45,7 +48,7 @@ def simulate(emu, filters, n, rng, zrange):
     theta[:, im] = 9.0
     flux_true, der = emu.evaluate(theta, filters)
     nb = len(filters)
-    snr = 10 ** rng.uniform(np.log10(0.3), np.log10(1000.0), n)
+    snr = 10 ** rng.uniform(np.log10(snr_range[0]), np.log10(snr_range[1]), n)
     depth = 10 ** (0.3 * rng.standard_normal((n, nb)))
     depth[:, -1] = 1.0
     error = (flux_true[:, -1] / snr)[:, None] * depth
@@ -88,6 +91,9 @@ def main(argv=None) -> int:
     ap.add_argument("--epoch-size", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--snr-min", type=float, default=SNR_RANGE[0])
+    ap.add_argument("--snr-max", type=float, default=SNR_RANGE[1])
+    ap.add_argument("--init", default=None, help="start from this network file (same architecture): fine-tuning")
     args = ap.parse_args(argv)
 
     import torch
@@ -103,11 +109,19 @@ def main(argv=None) -> int:
     fit_names = [emu.param_names[i] for i in range(P) if i not in (im, iz)]
     da, db = len(fit_names) + 1, len(SUMMARY_NAMES)
 
-    Xv, yav, ybv = simulate(emu, filters, 20_000, np.random.default_rng(args.seed + 1), zr)
-    X0, ya0, yb0 = simulate(emu, filters, 100_000, rng, zr)
+    sr = (args.snr_min, args.snr_max)
+    Xv, yav, ybv = simulate(emu, filters, 20_000, np.random.default_rng(args.seed + 1), zr, sr)
+    X0, ya0, yb0 = simulate(emu, filters, 100_000, rng, zr, sr)
     x_mean, x_std = X0.mean(0), X0.std(0) + 1e-6
     ya_mean, ya_std = ya0.mean(0), ya0.std(0)
     yb_mean, yb_std = yb0.mean(0), yb0.std(0)
+    init = None
+    if args.init:
+        from pegleg.sed.npe import load_posterior_network
+
+        init = load_posterior_network(args.init)
+        x_mean, x_std = init.x_mean.astype(np.float64), init.x_std.astype(np.float64)
+        ya_mean, ya_std, yb_mean, yb_std = init.ya_mean, init.ya_std, init.yb_mean, init.yb_std
 
     n_in = X0.shape[1]
     trunk, w = [], n_in
@@ -118,6 +132,16 @@ def main(argv=None) -> int:
     headA = torch.nn.Linear(w, head_size(args.ka, da))
     headB = torch.nn.Linear(w, head_size(args.kb, db))
     params = list(trunk.parameters()) + list(headA.parameters()) + list(headB.parameters())
+    if init is not None:
+        with torch.no_grad():
+            lin = [m for m in trunk if isinstance(m, torch.nn.Linear)]
+            for m, W, b in zip(lin, init.trunk_weights, init.trunk_biases):
+                m.weight.copy_(torch.tensor(W.T))
+                m.bias.copy_(torch.tensor(b))
+            headA.weight.copy_(torch.tensor(init.WA.T))
+            headA.bias.copy_(torch.tensor(init.bA))
+            headB.weight.copy_(torch.tensor(init.WB.T))
+            headB.bias.copy_(torch.tensor(init.bB))
     opt = torch.optim.Adam(params, lr=args.lr)
     D = torch.distributions
 
@@ -177,7 +201,7 @@ def main(argv=None) -> int:
             best = (float(v), [p.detach().clone() for p in params])
         if elapsed >= budget:
             break
-        Xe, yae, ybe = simulate(emu, filters, args.epoch_size, rng, zr)
+        Xe, yae, ybe = simulate(emu, filters, args.epoch_size, rng, zr, sr)
 
     with torch.no_grad():
         for p, b in zip(params, best[1]):
@@ -191,9 +215,10 @@ def main(argv=None) -> int:
         "emulator": {"name": str(args.emulator), "training": emu.metadata.get("training", {}).get("date")},
         "training": {"seconds": round(time.perf_counter() - t0, 1), "epochs": epoch, "steps": steps,
                      "batch": args.batch, "lr": args.lr, "width": args.width, "depth": args.depth,
-                     "epoch_size": args.epoch_size, "seed": args.seed, "torch": torch.__version__,
+                     "epoch_size": args.epoch_size, "seed": args.seed, "init": args.init,
+                     "init_training": init.metadata.get("training") if init is not None else None, "torch": torch.__version__,
                      "best_val_nll": best[0], "noise_model": {
-                         "snr_reference": [0.3, 1000.0], "depth_scatter_dex": 0.3, "error_floor": [0.0, 0.1],
+                         "snr_reference": [args.snr_min, args.snr_max], "depth_scatter_dex": 0.3, "error_floor": [0.0, 0.1],
                          "emulator_sigma": True, "band_drop_max": 0.3, "few_bands_fraction": 0.15},
                      "command": " ".join(sys.argv),
                      "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},

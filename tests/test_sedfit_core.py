@@ -136,7 +136,7 @@ def test_bad_inputs(emulator):
         F.fit_photometry(f, f, ["F150W", "F277W", "F444W"], 2.0, emulator=emulator, method="mcmc")
 
 
-def _random_network(tmp_path=None, filters=("F150W", "F277W", "F444W"), seed=0):
+def _random_network(tmp_path=None, filters=("F150W", "F277W", "F444W"), seed=0, diag_bias=0.0):
     from pegleg.sed.npe import MASS_PER_FLUX, SUMMARY_NAMES, PosteriorNetwork, head_size
 
     rng = np.random.default_rng(seed)
@@ -146,8 +146,10 @@ def _random_network(tmp_path=None, filters=("F150W", "F277W", "F444W"), seed=0):
     meta = {"filters": list(filters), "param_names": names + [MASS_PER_FLUX], "bounds": [[-2, 0.2], [0, 4]],
             "summary_names": list(SUMMARY_NAMES), "n_components": [2, 2], "activation": "silu",
             "redshift_range": [0.1, 7.0]}
+    bA = np.zeros(head_size(2, da))
+    bA[2 + 2 * da:2 + 4 * da] = diag_bias          # raw diagonals of the proposal's Cholesky factors
     return PosteriorNetwork([rng.normal(0, 0.3, (nin, w))], [np.zeros(w)],
-                            rng.normal(0, 0.1, (w, head_size(2, da))), np.zeros(head_size(2, da)),
+                            rng.normal(0, 0.1, (w, head_size(2, da))), bA,
                             rng.normal(0, 0.1, (w, head_size(2, db))), np.zeros(head_size(2, db)),
                             np.zeros(nin), np.ones(nin), np.zeros(da), np.ones(da), np.zeros(db), np.ones(db), meta)
 
@@ -198,10 +200,10 @@ def _toy_emulator(filters):
 
 
 def test_importance_sampling_matches_a_brute_force_posterior():
-    """Random (untrained) proposal + many draws: the weighted posterior equals a grid posterior."""
+    """An untrained, broad proposal + many draws: the weighted posterior equals a grid posterior."""
     filters = ["F150W", "F277W", "F444W"]
     emu = _toy_emulator(filters)
-    net = _random_network(filters=filters, seed=5)
+    net = _random_network(filters=filters, seed=5, diag_bias=1.5)   # ~1.7 wide in logit space
     truth = np.array([[9.0, 2.0, -0.6, 1.3]])
     f0, _ = emu.evaluate(truth, filters)
     err = 0.04 * f0
@@ -221,7 +223,7 @@ def test_importance_sampling_matches_a_brute_force_posterior():
     p_z = post.sum(0).reshape(Zm.shape).sum(1)
     p_a = post.sum(0).reshape(Zm.shape).sum(0)
     p_m = post.sum(1)
-    r = F.fit_photometry(obs, err, filters, 2.0, emulator=emu, network=net, n_draws=6000, ess_target=3000, max_rounds=3,
+    r = F.fit_photometry(obs, err, filters, 2.0, emulator=emu, network=net, n_draws=20000, ess_target=0,
                          error_floor=0.0, emulator_sigma=False, seed=3)
     assert r["ess"][0] > 1000
     np.testing.assert_allclose(r["log_metallicity"][0], q(p_z, zg), atol=0.04)

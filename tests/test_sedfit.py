@@ -1,0 +1,275 @@
+"""Pixel SED fitting against known truth: calibration, nested reference, synthetic galaxy, real data."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import pegleg
+from pegleg import PeglegWarning, synth
+from pegleg.exceptions import FitError
+from pegleg.sed import fit_photometry, simulate_photometry
+from pegleg.sed.fit import FLAG_NO_DATA, JOF_FILTERS
+from pegleg.sed.information import information_curve
+
+Z = 2.0
+
+
+@pytest.fixture(scope="module")
+def network():
+    from pegleg.sed import load_posterior_network
+
+    return load_posterior_network("default")
+
+
+@pytest.fixture(scope="module")
+def prior_pixels(emulator):
+    return simulate_photometry(emulator, JOF_FILTERS, 400, redshift=Z, snr=(5.0, 100.0), depth_scatter=0.2,
+                               seed=11)
+
+
+@pytest.fixture(scope="module")
+def calibrated_fit(emulator, network, prior_pixels):
+    s = prior_pixels
+    return fit_photometry(s["flux"], s["error"], JOF_FILTERS, Z, emulator=emulator, network=network,
+                          error_floor=0.0, emulator_sigma=False, seed=1)
+
+
+def _truth(s):
+    return {"log_stellar_mass": s["derived"]["log_stellar_mass"], "log_sfr100": s["derived"]["log_sfr100"],
+            "av": s["params"][:, 3]}
+
+
+def _coverage(r, s, sel):
+    return {name: float(np.mean((t[sel] >= r[name][sel, 0]) & (t[sel] <= r[name][sel, 2])))
+            for name, t in _truth(s).items()}
+
+
+def test_posteriors_with_enough_effective_draws_are_calibrated(prior_pixels, calibrated_fit):
+    """Where the importance sampling has ESS >= 50, 68% intervals hold the truth 60-76% of the time."""
+    s, r = prior_pixels, calibrated_fit
+    assert np.all(np.isfinite(r["log_stellar_mass"]))
+    good = r["ess"] >= 50
+    assert good.sum() >= 100
+    for name, cover in _coverage(r, s, good).items():
+        assert 0.60 <= cover <= 0.76, (name, cover)
+    hi = (s["snr"] >= 20) & good
+    bias = np.median(r["log_stellar_mass"][hi, 1] - s["derived"]["log_stellar_mass"][hi])
+    assert abs(bias) < 0.05, bias
+    # the flag marks exactly the pixels below the ESS target
+    assert np.array_equal((r["flag"] & 2) > 0, r["ess"] < 50)
+
+
+def test_all_posteriors_are_calibrated(prior_pixels, calibrated_fit):
+    """Issue 7 acceptance on 400 prior draws at S/N 5-100: coverage 60-76%, median ESS >= 50."""
+    s, r = prior_pixels, calibrated_fit
+    for name, cover in _coverage(r, s, np.ones(len(s["snr"]), bool)).items():
+        assert 0.60 <= cover <= 0.76, (name, cover)
+    assert np.median(r["ess"]) >= 50
+
+
+def test_fast_mode_is_close(emulator, network, prior_pixels, calibrated_fit):
+    s = prior_pixels
+    r = fit_photometry(s["flux"], s["error"], JOF_FILTERS, Z, emulator=emulator, network=network,
+                       method="fast", error_floor=0.0, emulator_sigma=False, seed=2)
+    d = r["log_stellar_mass"][:, 1] - calibrated_fit["log_stellar_mass"][:, 1]
+    assert np.median(np.abs(d)) < 0.1
+    t = _truth(s)["log_stellar_mass"]
+    cover = np.mean((t >= r["log_stellar_mass"][:, 0]) & (t <= r["log_stellar_mass"][:, 2]))
+    assert 0.5 <= cover <= 0.9
+
+
+def _nested_agreement(emulator, network, n, seed):
+    s = simulate_photometry(emulator, JOF_FILTERS, n, redshift=Z, snr=(10.0, 50.0), depth_scatter=0.2, seed=seed)
+    kw = dict(emulator=emulator, network=network, error_floor=0.0, emulator_sigma=False, seed=3)
+    r_is = fit_photometry(s["flux"], s["error"], JOF_FILTERS, Z, n_draws=512, **kw)
+    r_ns = fit_photometry(s["flux"], s["error"], JOF_FILTERS, Z, method="nested", nlive=150, **kw)
+    return r_is, r_ns
+
+
+@pytest.mark.slow
+def test_matches_nested_sampling(emulator, network):
+    r_is, r_ns = _nested_agreement(emulator, network, 2, seed=21)
+    d = np.abs(r_is["log_stellar_mass"][:, 1] - r_ns["log_stellar_mass"][:, 1])
+    assert np.all(d < 0.05), d
+
+
+@pytest.mark.slow
+def test_matches_nested_sampling_20_pixels(emulator, network):
+    r_is, r_ns = _nested_agreement(emulator, network, 20, seed=22)
+    for q in ("log_stellar_mass", "log_sfr100"):
+        d = np.abs(r_is[q][:, 1] - r_ns[q][:, 1])
+        assert np.median(d) < 0.05 and np.mean(d < 0.05) >= 0.8, (q, d)
+
+
+def test_information_gain_grows_with_snr(emulator, network):
+    curve = information_curve((1.0, 3.0, 10.0, 30.0, 100.0), n=60, redshift=Z, emulator=emulator,
+                              network=network, seed=4)
+    med = curve["median"]
+    for q in ("log_mass_formed", "av"):
+        v = med.sel(info_quantity=q).values
+        assert v[-1] > v[0] + 0.5 and np.all(np.diff(v) > -0.15), (q, v)
+    assert 1.0 <= curve.attrs["snr_threshold_log_mass_formed"] <= 10.0
+
+
+def test_bad_pixels_and_determinism(emulator, network, prior_pixels):
+    s = prior_pixels
+    f, e = s["flux"][:40].copy(), s["error"][:40].copy()
+    f[3] = np.nan            # no valid band
+    e[5, :10] = 0.0          # half the bands unusable
+    kw = dict(emulator=emulator, network=network, seed=7, chunk_size=16)
+    r1 = fit_photometry(f, e, JOF_FILTERS, Z, n_workers=1, **kw)
+    assert r1["flag"][3] & FLAG_NO_DATA and np.all(np.isnan(r1["log_stellar_mass"][3]))
+    assert r1["n_bands"][5] == len(JOF_FILTERS) - 10 and np.all(np.isfinite(r1["log_stellar_mass"][5]))
+    r2 = fit_photometry(f, e, JOF_FILTERS, Z, n_workers=2, **kw)
+    for k in ("log_stellar_mass", "av", "ess", "chi2"):
+        np.testing.assert_array_equal(r1[k], r2[k])
+    with pytest.raises(FitError, match="trained for"):
+        fit_photometry(f, e, JOF_FILTERS, 9.5, **kw)
+
+
+def test_photo_z_prior(emulator, network):
+    s = simulate_photometry(emulator, JOF_FILTERS, 60, redshift=2.1, snr=30.0, depth_scatter=0.2, seed=5)
+    r = fit_photometry(s["flux"], s["error"], JOF_FILTERS, 2.0, redshift_sigma=0.2, emulator=emulator,
+                       network=network, error_floor=0.0, emulator_sigma=False, seed=8)
+    zq = r["redshift"]
+    assert np.all(zq[:, 0] < zq[:, 2])
+    assert np.mean((2.1 >= zq[:, 0]) & (2.1 <= zq[:, 2])) >= 0.5
+    t = s["derived"]["log_stellar_mass"]
+    q = r["log_stellar_mass"]
+    assert 0.5 <= np.mean((t >= q[:, 0]) & (t <= q[:, 2])) <= 0.9
+    assert np.median(np.abs(q[:, 1] - t)) < 0.15
+
+
+SYN_BANDS = ["F090W", "F115W", "F150W", "F200W", "F277W", "F356W", "F410M", "F444W"]
+
+
+def _fit_synthetic(emulator, network, **components):
+    obs, truth = synth.galaxy(SYN_BANDS, shape=(49, 49), redshift=Z, physical=True, emulator=emulator, seed=3,
+                              snr_peak=150.0, **components)
+    dec = obs.pegleg.deconvolve(n_workers=1)
+    return obs, truth, dec.pegleg.sedfit(emulator=emulator, network=network, seed=0)
+
+
+@pytest.fixture(scope="module")
+def synthetic_fit(emulator, network):
+    """The default physical synthetic galaxy (old bulge, dustier disk; weak colour gradient)."""
+    return _fit_synthetic(emulator, network)
+
+
+@pytest.fixture(scope="module")
+def gradient_fit(emulator, network):
+    """An old dusty metal-rich bulge in a young metal-poor disk: F150W-F444W falls from 1.3 mag at
+    the centre to -0.1 mag, log M/L(F444W) by ~0.4 dex."""
+    bulge = {"log_mass": 10.3, "sed": {"av": 0.8, "log_metallicity": 0.0, **{f"dsfr{k}": -0.4 for k in range(1, 7)}}}
+    disk = {"log_mass": 9.9, "sed": {"av": 0.1, "log_metallicity": -1.0, **{f"dsfr{k}": 0.2 for k in range(1, 7)}}}
+    return _fit_synthetic(emulator, network, bulge=bulge, disk=disk)
+
+
+def test_synthetic_galaxy(synthetic_fit):
+    obs, truth, out = synthetic_fit
+    pegleg.validate(out)
+    region = out["sedfit_flag"].values & 4 == 0
+    true_sum = np.log10(np.sum(10 ** truth["log_stellar_mass"].values[region]))
+    assert abs(out.attrs["sedfit_log_mass_pixel_sum"][1] - true_sum) < 0.1
+    # the mass map peaks at the bulge (the centre)
+    m = out["log_stellar_mass"].sel(quantile=0.5).values
+    iy, ix = np.unravel_index(np.nanargmax(m), m.shape)
+    cy, cx = np.unravel_index(np.argmax(truth["log_stellar_mass"].values), m.shape)
+    assert abs(iy - cy) <= 1 and abs(ix - cx) <= 1
+    assert abs(out.attrs["sedfit_mass_difference_dex"]) < 0.2
+    assert out.pegleg.history[-1]["step"] == "sedfit"
+    # units, model and residual maps
+    assert out["stellar_mass_density"].attrs["units"] == "Msun/kpc2"
+    res = out["sed_residual"].values[:, region]
+    assert 0.5 < np.nanstd(res) < 2.0
+
+
+def test_sedfit_roundtrip_and_errors(synthetic_fit, tmp_path, emulator, network):
+    _, _, out = synthetic_fit
+    path = out.pegleg.to_netcdf(tmp_path / "fit.nc")
+    xr.testing.assert_identical(pegleg.open_dataset(path), out)
+    with pytest.raises(FitError, match="not emulated"):
+        bad = out.assign_coords(band=[b if b != "F410M" else "F999X" for b in out.band.values])
+        bad.pegleg.sedfit(emulator=emulator, network=network)
+    with pytest.raises(FitError, match="redshift"):
+        o2 = out.copy()
+        o2.attrs.pop("redshift")
+        o2.pegleg.sedfit(emulator=emulator, network=network)
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("gid", [
+    "36", pytest.param("531", marks=pytest.mark.slow),
+    pytest.param("778", marks=[pytest.mark.slow, pytest.mark.xfail(
+        strict=True, reason="median reduced chi2 4.9 (> 3) with calibrated errors; pixel-sum vs integrated -0.03 dex")])])
+def test_jof_galaxies(shared_data, gid, emulator, network):
+    """Measured (bundled network, calibrated errors): JOF-36 792 pixels, median reduced chi2 1.2,
+    pixel-sum - integrated +0.10 dex; JOF-531 356 pixels, 2.1, -0.09 dex; JOF-778 246 pixels, 4.9, -0.03."""
+    root = shared_data / "jades-origins-field"
+    src = json.loads((root / "galaxies" / gid / "source.json").read_text())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PeglegWarning)
+        ds = pegleg.open_stamps(root / "galaxies" / gid, psf=root / "psf", matched_to="F444W",
+                                redshift=src["redshift_phot"])
+        dec = ds.pegleg.deconvolve().pegleg.calibrate_errors()
+    out = dec.pegleg.sedfit(emulator=emulator, network=network)
+    fitted = (out["sedfit_flag"].values & 4) == 0
+    assert fitted.sum() > 50
+    assert out.attrs["sedfit_median_reduced_chi2"] < 3
+    assert abs(out.attrs["sedfit_mass_difference_dex"]) < 0.2
+    assert np.isfinite(out["log_stellar_mass"].sel(quantile=0.5).values[fitted]).mean() > 0.95
+
+
+def _profiles(fit):
+    from pegleg.mass_profile import mass_profile
+
+    obs, truth, out = fit
+    mp = mass_profile(out, "F444W")
+    geo = dict(center=(mp.attrs["centre_y"], mp.attrs["centre_x"]), ellipticity=1 - mp.attrs["axis_ratio"],
+               position_angle=mp.attrs["position_angle"])
+    tp = truth.pegleg.radial_profile("stellar_mass_density", **geo)
+    r50 = float(truth["r50"].sel(band="F444W"))
+    inner = mp["radius"].values <= 5 * r50
+    d = np.log10(mp["mass_density"].values[inner]) - np.log10(tp["profile"].values[inner])
+    return mp, tp, d
+
+
+def test_mass_profile_against_truth(synthetic_fit):
+    """Measured: within 0.12 dex out to 5 r50 (worst: the annulus at 1.5 px, where the deconvolved
+    light is already 0.06 dex low), total mass within 0.04 dex, half-mass radius +12%."""
+    mp, tp, d = _profiles(synthetic_fit)
+    truth = synthetic_fit[1]
+    assert mp["extrapolated"].values.any() and mp["reliable"].values[0]
+    assert np.all(np.abs(d) < 0.15), d
+    assert np.median(np.abs(d)) < 0.05
+    assert abs(mp.attrs["log_mass_total"][1] - truth.attrs["log_stellar_mass_total"]) < 0.1
+    assert abs(mp.attrs["r50_mass"][1] / float(tp["r50"]) - 1) < 0.15
+
+
+@pytest.mark.xfail(strict=True, reason="issue 8 acceptance not met yet: profile 0.12 dex low in the annulus at "
+                   "1.5 px and half-mass radius +12% (limit 0.1 dex / 10%)")
+def test_mass_profile_acceptance(synthetic_fit):
+    mp, tp, d = _profiles(synthetic_fit)
+    assert np.all(np.abs(d) < 0.1), d
+    assert abs(mp.attrs["r50_mass"][1] / float(tp["r50"]) - 1) < 0.10
+
+
+@pytest.mark.xfail(strict=True, reason="issues 7/8: in the colour-gradient galaxy the inner pixels' masses are "
+                   "0.15-0.29 dex low (composite bulge+disk populations with different dust and metallicity, "
+                   "and ESS < 10 at S/N > 50), so the fitted M/L-colour slope is 0.05 vs 0.23 true")
+def test_ml_colour_slope(gradient_fit):
+    from pegleg.mass_profile import ml_colour
+
+    obs, truth, out = gradient_fit
+    mlc = ml_colour(out, "F444W", ("F150W", "F444W"))
+    ti = truth["image"]
+    yy, xx = mlc["y"].values, mlc["x"].values            # the same pixels, true values
+    col = -2.5 * np.log10(ti.sel(band="F150W").values[yy, xx] / ti.sel(band="F444W").values[yy, xx])
+    lml = truth["log_stellar_mass"].values[yy, xx] - np.log10(ti.sel(band="F444W").values[yy, xx])
+    true_slope = np.polyfit(col, lml, 1)[0]
+    assert abs(mlc.attrs["slope"] / true_slope - 1) < 0.2, (mlc.attrs["slope"], true_slope)
