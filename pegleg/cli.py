@@ -78,8 +78,8 @@ def _demo(args: argparse.Namespace) -> int:
     tp = truth.pegleg.radial_profile("stellar_mass_density", center=(mp.attrs["centre_y"], mp.attrs["centre_x"]),
                                      ellipticity=1 - mp.attrs["axis_ratio"], position_angle=mp.attrs["position_angle"])
     m = fit["log_stellar_mass"].sel(quantile=0.5).values
-    peak = np.unravel_index(np.nanargmax(m), m.shape)
-    tpeak = np.unravel_index(np.argmax(truth["log_stellar_mass"].values), m.shape)
+    peak = tuple(int(i) for i in np.unravel_index(np.nanargmax(m), m.shape))
+    tpeak = tuple(int(i) for i in np.unravel_index(np.argmax(truth["log_stellar_mass"].values), m.shape))
     say("")
     say("stellar mass [log Msun]      true    recovered (16-84)")
     say(f"  pixel sum (fitted region) {true_mass:7.3f}  {ps[1]:.3f} ({ps[0]:.3f}-{ps[2]:.3f})")
