@@ -9,6 +9,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
+import numpy as np
+
 __all__ = ["parallel_map", "default_workers", "progress_iter"]
 
 
@@ -57,6 +59,10 @@ def parallel_map(func: Callable[[Any], Any], items: Sequence[Any], *, n_workers:
     """
     from threadpoolctl import threadpool_limits
 
+    if n_workers is not None and (isinstance(n_workers, bool) or not isinstance(n_workers, (int, np.integer))):
+        from .exceptions import SchemaError
+
+        raise SchemaError(f"n_workers: expected an integer (or None for all cores), got {n_workers!r}")
     n = default_workers(len(items)) if n_workers is None else max(1, int(n_workers))
     if n == 1 or len(items) <= 1:
         with threadpool_limits(1):

@@ -103,6 +103,10 @@ _SN_FLOOR = 1e-6
 _MAX_ROUNDNESS = 0.3
 #: Refinement: at most this many passes.
 _MAX_PASSES = 30
+#: Largest ``covariance_factor`` accepted (1e300 overflowed the squared errors).
+MAX_COVARIANCE_FACTOR = 1e6
+#: Smallest ``target_snr`` accepted (the refinement cost (S/N / target - 1)^2 overflowed at 1e-300).
+MIN_TARGET_SNR = 1e-3
 
 
 # ---------------------------------------------------------------------------
@@ -120,7 +124,10 @@ def _binning_bands(ds: xr.Dataset, band: str, bands: Any) -> list[str]:
     elif isinstance(bands, str):
         use = all_b if bands in ("stack", "all") else [bands]
     else:
-        use = [str(b) for b in bands]
+        try:
+            use = [str(b) for b in bands]
+        except TypeError:
+            raise SchemaError(f"bands: expected a band name, 'stack' or a list of band names, got {bands!r}") from None
     if not use:
         raise SchemaError("bands: expected at least one band to bin on")
     missing = [b for b in use if b not in all_b]
@@ -157,6 +164,9 @@ def _factors(ds: xr.Dataset, covariance_factor: Any) -> dict[str, float]:
         given = dict(zip(all_b, vals))
     for b, v in given.items():
         out[b] = S.check_positive(v, f"covariance_factor[{b!r}]", what="error multiplier (>= 1 for correlated noise)")
+        if out[b] > MAX_COVARIANCE_FACTOR:
+            raise SchemaError(f"covariance_factor[{b!r}]: expected at most {MAX_COVARIANCE_FACTOR:g} (typically 1-10), "
+                              f"got {v!r}")
     return out
 
 
@@ -170,7 +180,7 @@ def _stack(ds: xr.Dataset, use: list[str], factors: Mapping[str, float]):
     with np.errstate(invalid="ignore"):
         valid = (~msk & np.isfinite(img) & np.isfinite(err) & (err > 0)).all(axis=0)
     signal = np.where(valid, img, 0.0).sum(axis=0)
-    noise = np.sqrt(np.where(valid, (f * err) ** 2, 0.0).sum(axis=0))
+    noise = np.sqrt((np.where(valid, f * err, 0.0) ** 2).sum(axis=0))  # masked values never squared
     return signal, noise, valid
 
 
@@ -226,9 +236,15 @@ def _voronoi(yy, xx, signal, noise, target):
         warnings.filterwarnings("ignore", message=".*VorBin is deprecated", category=UserWarning)
         from vorbin.voronoi_2d_binning import voronoi_2d_binning
 
-        classe = voronoi_2d_binning(xx[rest].astype(float), yy[rest].astype(float), signal[rest], noise[rest],
-                                    float(target), cvt=True, pixelsize=1.0, plot=False, quiet=True,
-                                    sn_func=sn_func, wvt=True)[0]
+        try:
+            classe = voronoi_2d_binning(xx[rest].astype(float), yy[rest].astype(float), signal[rest], noise[rest],
+                                        float(target), cvt=True, pixelsize=1.0, plot=False, quiet=True,
+                                        sn_func=sn_func, wvt=True)[0]
+        except IndexError:
+            # vorbin's accretion made no bin reaching the target (its _reassign_bad_bins then
+            # indexes an empty array); the rest does reach it in total: one bin
+            lab[rest] = int(hi.sum())
+            return lab, "pixels above the target single; vorbin formed no bin of the rest: one bin"
     lab[rest] = int(hi.sum()) + np.unique(classe, return_inverse=True)[1].ravel()
     return lab, "vorbin (WVT) below the target, single pixels above"
 
@@ -490,11 +506,13 @@ def bin(ds: xr.Dataset, target_snr: float | None = None, band: str = "F444W", me
         Unknown method or band, bad region/ellipse/factor, or no valid pixel to bin.
     """
     S.validate(ds)
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise SchemaError(f"method must be one of {METHODS}, got {method!r}")
     min_width = S.check_positive(min_width, "min_width", what="annulus width (pixels)")
     target = DEFAULT_TARGET_SNR if target_snr is None else S.check_positive(target_snr, "target_snr",
                                                                            what="S/N per bin")
+    if target < MIN_TARGET_SNR:
+        raise SchemaError(f"target_snr: expected at least {MIN_TARGET_SNR:g}, got {target_snr!r}")
     if n_annuli is not None:
         if isinstance(n_annuli, bool) or not isinstance(n_annuli, (int, np.integer)) or n_annuli < 1:
             raise SchemaError(f"n_annuli: expected a positive integer, got {n_annuli!r}")
@@ -507,7 +525,13 @@ def bin(ds: xr.Dataset, target_snr: float | None = None, band: str = "F444W", me
         sn2d = np.where(valid, signal2d / noise2d, np.nan)
     domain = reg & valid
     if min_snr_pixel is not None:
-        domain &= sn2d >= float(min_snr_pixel)
+        try:
+            min_snr_pixel = float(min_snr_pixel)
+        except (TypeError, ValueError):
+            raise SchemaError(f"min_snr_pixel: expected a number, got {min_snr_pixel!r}") from None
+        if np.isnan(min_snr_pixel):
+            raise SchemaError("min_snr_pixel: expected a number, got NaN")
+        domain &= sn2d >= min_snr_pixel
     if not domain.any():
         raise SchemaError(f"bin: no pixel to bin in {use} (region: {region_kind}, "
                           f"{int(reg.sum())} pixels; unmasked with error > 0: {int((reg & valid).sum())}"
@@ -617,7 +641,7 @@ def binned(ds: xr.Dataset, bands: Sequence[str] | str | None = None, *,
         i = all_b.index(b)
         v = valid[i][inbin]
         f = np.bincount(inv, np.where(v, img[i][inbin], 0.0), minlength=nb)
-        e2 = np.bincount(inv, np.where(v, err[i][inbin] ** 2, 0.0), minlength=nb)
+        e2 = np.bincount(inv, np.where(v, err[i][inbin], 0.0) ** 2, minlength=nb)
         n = np.bincount(inv, v.astype(float), minlength=nb)
         return np.where(n > 0, f, np.nan), np.where(n > 0, factors[b] * np.sqrt(e2), np.nan)
 

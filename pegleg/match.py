@@ -189,8 +189,13 @@ def _as_list(value: Any, default: Sequence) -> list:
 
 def _candidates(method: str, window: Any, regularization: Any) -> list[tuple[str, Any, float]]:
     """``[(builder, window, regularization), ...]`` to try."""
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise PSFError(f"method: expected one of {METHODS}, got {method!r}")
+    for r in _as_list(regularization, ()):
+        try:
+            float(r)
+        except (TypeError, ValueError):
+            raise PSFError(f"regularization: expected a number or a sequence of numbers, got {regularization!r}") from None
     windows = _as_list(window, default_windows())
     for w in windows:
         if w is not None and not callable(w):

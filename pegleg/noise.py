@@ -60,6 +60,8 @@ def calibrate_errors(ds: xr.Dataset, *, sky=None, min_pixels: int = 50) -> xr.Da
     from .exceptions import PeglegWarning
 
     S.validate(ds)
+    if isinstance(min_pixels, (bool, np.bool_)) or not isinstance(min_pixels, (int, np.integer)) or min_pixels < 1:
+        raise SchemaError(f"min_pixels: expected a positive integer, got {min_pixels!r}")
     ny, nx = ds.sizes[S.Y], ds.sizes[S.X]
     if sky is None:
         from scipy import ndimage
@@ -70,8 +72,10 @@ def calibrate_errors(ds: xr.Dataset, *, sky=None, min_pixels: int = 50) -> xr.Da
         else:
             img = ds[S.IMAGE].values
             err = ds[S.ERROR].values
-            with np.errstate(divide="ignore", invalid="ignore"):
-                det = np.nanmax(img / err, axis=0) > 2
+            ok = ~ds[S.MASK].values & np.isfinite(img) & np.isfinite(err) & (err > 0)
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                # masked pixels never count as detections (whatever fill value they hold)
+                det = np.where(ok, img / np.where(ok, err, 1.0), -np.inf).max(axis=0) > 2
             sky = ~ndimage.binary_dilation(det, iterations=3)
     sky = np.asarray(sky.values if isinstance(sky, xr.DataArray) else sky)
     if sky.shape != (ny, nx) or sky.dtype != bool:

@@ -92,6 +92,10 @@ DEFAULT_OVERSAMPLE = 10
 SUBPIXEL = ("linear", "constant")
 #: Internal growth-curve bins per annulus (for r50/r80).
 _FINE = 10
+#: Most annuli one profile may have (more is a unit mistake, and costs memory).
+MAX_ANNULI = 10_000
+#: Largest |center| coordinate (pixels) accepted (a center at 1e300 overflowed the radii).
+MAX_CENTRE = 1e6
 #: Variables that are noise-free models: ``error`` does not describe them.
 _NOISE_FREE = ("model", "model_convolved", "model_image")
 
@@ -238,8 +242,9 @@ def _resolve_geometry(ds, var, center, ellipticity, position_angle):
         except (TypeError, ValueError):
             raise SchemaError(f"position_angle: expected degrees, got {position_angle!r}") from None
         given.append("position_angle")
-    if not (np.isfinite(cy) and np.isfinite(cx)):
-        raise SchemaError(f"center: expected finite (y, x) pixel coordinates, got ({cy}, {cx})")
+    if not (np.isfinite(cy) and np.isfinite(cx)) or max(abs(cy), abs(cx)) > MAX_CENTRE:
+        raise SchemaError(f"center: expected finite (y, x) pixel coordinates within {MAX_CENTRE:g} pixels, "
+                          f"got ({cy}, {cx})")
     if not (np.isfinite(q) and 0 < q <= 1):
         raise SchemaError(f"ellipticity: expected 0 <= ellipticity < 1 (axis ratio q = 1 - e in (0, 1]), "
                           f"got axis ratio {q}")
@@ -473,14 +478,17 @@ def radial_profile(ds: xr.Dataset, var: str = "image", *, center: Any = None, el
     if isinstance(oversample, (bool, np.bool_)) or not isinstance(oversample, (int, np.integer)) \
             or not 1 <= oversample <= 64:
         raise SchemaError(f"oversample: expected an integer 1..64, got {oversample!r}")
-    if subpixel not in SUBPIXEL:
+    if not isinstance(subpixel, str) or subpixel not in SUBPIXEL:
         raise SchemaError(f"subpixel: expected one of {SUBPIXEL}, got {subpixel!r}")
 
     if band is not None:
         if S.BAND not in da.dims:
             raise SchemaError(f"band: variable {var!r} has no 'band' dimension (dims {da.dims})")
         avail = [str(b) for b in da[S.BAND].values]
-        blist = [band] if isinstance(band, str) else [str(b) for b in band]
+        try:
+            blist = [band] if isinstance(band, str) else [str(b) for b in band]
+        except TypeError:
+            raise SchemaError(f"band: expected a band name or a list of band names, got {band!r}") from None
         missing = [b for b in blist if b not in avail]
         if missing:
             raise SchemaError(f"band: {missing} not in {var!r}; available bands: {avail}")
@@ -490,9 +498,14 @@ def radial_profile(ds: xr.Dataset, var: str = "image", *, center: Any = None, el
 
     ny, nx = ds.sizes[S.Y], ds.sizes[S.X]
     bw = ps if bin_width is None else S.check_positive(bin_width, "bin_width", what="width in arcsec")
-    rmax_stamp = _max_radius((ny, nx), cy, cx, q, pa) * ps
+    with np.errstate(over="ignore", invalid="ignore"):  # a far-away center: caught below
+        rmax_stamp = _max_radius((ny, nx), cy, cx, q, pa) * ps
     rm = rmax_stamp if r_max is None else S.check_positive(r_max, "r_max", what="radius in arcsec")
-    nbin = max(1, int(math.ceil(rm / bw - 1e-9)))
+    n_float = rm / bw
+    if not (np.isfinite(n_float) and n_float <= MAX_ANNULI):
+        raise SchemaError(f"bin_width={bw:g}\" and r_max={rm:g}\" give {n_float:g} annuli (at most {MAX_ANNULI}); "
+                          f"increase bin_width, lower r_max or move center=({cy:g}, {cx:g}) onto the stamp")
+    nbin = max(1, int(math.ceil(n_float - 1e-9)))
     edges = np.minimum(np.arange(nbin + 1) * bw, rm)
     edges[-1] = rm
     fine = np.concatenate([np.linspace(edges[i], edges[i + 1], _FINE + 1)[:-1] for i in range(nbin)] + [[rm]])

@@ -68,6 +68,10 @@ MAX_SHIFT = 5.0
 #: Shifts with a bootstrap error (quadrature sum of y and x) above this (pixels) are
 #: flagged unreliable (not applied): typically bands where the galaxy is not detected.
 MAX_SHIFT_ERROR = 0.5
+#: Largest ``upsample`` (0.001-pixel steps) and ``n_bootstrap`` accepted: the upsampled DFT
+#: allocates arrays growing with ``upsample`` (1e9 asked for 235 GiB).
+MAX_UPSAMPLE = 1000
+MAX_BOOTSTRAP = 10_000
 
 
 # ---------------------------------------------------------------------------
@@ -163,7 +167,8 @@ def register(ds: xr.Dataset, reference: str = "F444W", *, apply: bool = False, u
         ``attrs['registration']`` the shifted bands; bands whose shift is unreliable
         (see Warns) are left as they are.
     upsample : int
-        DFT upsampling factor: shifts are measured in steps of ``1 / upsample`` pixel.
+        DFT upsampling factor: shifts are measured in steps of ``1 / upsample`` pixel
+        (1..:data:`MAX_UPSAMPLE`).
     psf_match : bool
         Compare bands at a common resolution by cross-convolution (band * PSF_ref vs
         ref * PSF_band) when their PSFs differ.
@@ -202,6 +207,9 @@ def register(ds: xr.Dataset, reference: str = "F444W", *, apply: bool = False, u
     for name, v in (("upsample", upsample), ("n_bootstrap", n_bootstrap), ("seed", seed)):
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < (1 if name == "upsample" else 0):
             raise SchemaError(f"{name}: expected an integer >= {1 if name == 'upsample' else 0}, got {v!r}")
+    if upsample > MAX_UPSAMPLE or n_bootstrap > MAX_BOOTSTRAP:
+        raise SchemaError(f"upsample, n_bootstrap: expected at most {MAX_UPSAMPLE} and {MAX_BOOTSTRAP}, got "
+                          f"{upsample} and {n_bootstrap} (memory and time grow with them)")
     if not isinstance(apply, (bool, np.bool_)) or not isinstance(psf_match, (bool, np.bool_)):
         raise SchemaError("apply, psf_match: expected True or False")
 

@@ -44,7 +44,8 @@ __all__ = [
     "VARIABLES", "RESOLUTIONS", "variable", "source_label", "source_region",
     "from_arrays", "validate", "fit_region", "check_flux_unit", "check_psf_array", "check_positive",
     "append_history", "read_history", "set_attrs", "wcs_to_text", "wcs_from_text",
-    "image_units", "PSF_CENTRE_TOLERANCE", "PSF_SUM_TOLERANCE",
+    "image_units", "PSF_CENTRE_TOLERANCE", "PSF_SUM_TOLERANCE", "MAX_ABS_VALUE", "MIN_ERROR",
+    "check_labels",
 ]
 
 # ---------------------------------------------------------------------------
@@ -284,18 +285,46 @@ _COORD_ATTRS = {
 PSF_CENTRE_TOLERANCE = 0.5
 #: ``validate`` accepts PSF sums within this of 1.
 PSF_SUM_TOLERANCE = 1e-6
+#: Unmasked ``image`` and ``error`` values must lie within +-MAX_ABS_VALUE, and errors above
+#: MIN_ERROR: squares, inverse variances and sums of them then stay far from float64
+#: overflow/underflow (1e300 fluxes overflowed chi-square sums, 1e-300 errors gave infinite
+#: weights).  Any real flux unit is well inside (1 nJy = 1e-32 erg/s/cm2/Hz).
+MAX_ABS_VALUE = 1e60
+MIN_ERROR = 1e-60
 
 
 # ---------------------------------------------------------------------------
 # small helpers
 # ---------------------------------------------------------------------------
-def _native_float(a: Any, name: str) -> np.ndarray:
-    """A native-endian float64 copy of ``a`` (FITS data are big-endian)."""
+def _native_float(a: Any, name: str, error: type[Exception] = SchemaError) -> np.ndarray:
+    """A native-endian float64 copy of ``a`` (FITS data are big-endian); complex values raise
+    ``error`` (casting would silently drop the imaginary part)."""
+    if np.iscomplexobj(a):
+        raise error(f"{name}: expected real numbers, got a complex array")
     try:
         arr = np.array(a, dtype=np.float64, copy=True)
     except (TypeError, ValueError) as exc:
-        raise SchemaError(f"{name}: expected a numeric array, got {type(a).__name__} ({exc})") from None
+        raise error(f"{name}: expected a numeric array, got {type(a).__name__} ({exc})") from None
     return arr
+
+
+def check_labels(seg: Any, name: str = "segmentation") -> np.ndarray:
+    """Integer labels (int32) from ``seg``; SchemaError naming ``name`` for non-numeric,
+    non-integer, non-finite or out-of-int32-range values (never a silent cast)."""
+    a = np.asarray(seg)
+    if a.dtype.kind in "iub":
+        vals = a
+    elif a.dtype.kind == "f":
+        if not np.all(np.isfinite(a)) or np.any(a != np.round(a)):
+            raise SchemaError(f"{name}: expected integer labels, got non-integer or non-finite values")
+        vals = a
+    else:
+        raise SchemaError(f"{name}: expected integer labels, got dtype {a.dtype}")
+    info = np.iinfo(np.int32)
+    if vals.size and (vals.min() < info.min or vals.max() > info.max):
+        raise SchemaError(f"{name}: labels must fit in int32 ({info.min}..{info.max}), got "
+                          f"{vals.min()}..{vals.max()}")
+    return vals.astype(np.int32)
 
 
 def check_flux_unit(units: str) -> str:
@@ -498,6 +527,7 @@ def wcs_from_text(text: str):
 # ---------------------------------------------------------------------------
 def _centroid_offset(p: np.ndarray) -> tuple[float, float]:
     w = np.clip(p, 0, None)
+    w = w / w.max() if w.max() > 0 else w  # scale-free (PSF values near 1e308 overflowed w * index)
     tot = w.sum()
     c = (np.asarray(p.shape) - 1) / 2.0
     yy, xx = np.indices(p.shape)
@@ -518,7 +548,7 @@ def check_psf_array(psf: Any, band: str = "", *, normalise: bool = True,
         Naming ``band`` and what is wrong.
     """
     what = f"psf for band {band!r}" if band else "psf"
-    p = np.array(psf, dtype=np.float64, copy=True)
+    p = _native_float(psf, what, PSFError)
     if p.ndim != 2:
         raise PSFError(f"{what}: expected a 2-D image, got {p.ndim} dimensions")
     if p.shape[0] % 2 == 0 or p.shape[1] % 2 == 0:
@@ -526,8 +556,12 @@ def check_psf_array(psf: Any, band: str = "", *, normalise: bool = True,
                        "pegleg.psf.prepare_psf recentres and trims a PSF for you")
     if not np.all(np.isfinite(p)):
         raise PSFError(f"{what}: contains {int((~np.isfinite(p)).sum())} NaN/inf values")
-    total = p.sum()
-    if not total > 0 or not np.clip(p, 0, None).sum() > 0:
+    with np.errstate(over="ignore"):
+        total = p.sum()
+        positive = np.clip(p, 0, None).sum()
+    if not (np.isfinite(total) and np.isfinite(positive)):
+        raise PSFError(f"{what}: sum overflows (values up to {np.abs(p).max():g}); rescale the PSF image")
+    if not total > 0 or not positive > 0:
         raise PSFError(f"{what}: sum is {total:g}; a PSF must have a positive total (is it all zero or negative?)")
     dy, dx = _centroid_offset(p)
     if np.hypot(dy, dx) > centre_tolerance:
@@ -585,12 +619,23 @@ def _check_bands(bands: Any, n: int | None = None) -> list[str]:
         raise SchemaError(f"bands: expected a sequence of band names, got {bands!r}") from None
     if not blist or any(not b for b in blist):
         raise SchemaError(f"bands: expected non-empty band names, got {list(bands)!r}")
+    for b in blist:
+        _check_text(b, "bands")
     dup = sorted({b for b in blist if blist.count(b) > 1})
     if dup:
         raise SchemaError(f"bands: duplicated band name(s) {dup}; each band must appear once")
     if n is not None and len(blist) != n:
         raise SchemaError(f"bands: {len(blist)} names {blist} for {n} image planes")
     return blist
+
+
+def _check_text(text: str, name: str) -> str:
+    """``text`` if it can be stored (UTF-8 encodable: no lone surrogates), else SchemaError."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SchemaError(f"{name}: {text!r} is not valid Unicode text (cannot be encoded as UTF-8)") from None
+    return text
 
 
 def check_positive(value: Any, name: str, *, error: type[Exception] = SchemaError, what: str = "number") -> float:
@@ -609,8 +654,13 @@ def check_positive(value: Any, name: str, *, error: type[Exception] = SchemaErro
 
 
 def _check_pixel_scale(pixel_scale: Any) -> float:
-    arr = np.atleast_1d(np.asarray(pixel_scale, dtype=float)) if np.ndim(pixel_scale) else None
+    try:
+        arr = np.atleast_1d(np.asarray(pixel_scale, dtype=float)) if np.ndim(pixel_scale) else None
+    except (TypeError, ValueError):
+        raise SchemaError(f"pixel_scale: expected a number (arcsec/pixel), got {pixel_scale!r}") from None
     if arr is not None:
+        if arr.size == 0:
+            raise SchemaError("pixel_scale: expected a number (arcsec/pixel), got an empty sequence")
         if not np.all(np.isfinite(arr)) or np.ptp(arr) > 1e-6 * np.nanmax(np.abs(arr)):
             raise SchemaError(f"pixel_scale: bands have different pixel scales {arr.tolist()}; "
                               "resample them to one grid first")
@@ -649,8 +699,9 @@ def from_arrays(image: Any, error: Any, psf: Any, bands: Sequence[str] | str, pi
     pixel_scale : float
         Pixel scale in arcsec/pixel (one number: all bands share one grid).
     mask : array_like of bool, optional
-        True where a pixel must not be used.  Pixels whose image or error is NaN/inf are
-        added to the mask with a :class:`~pegleg.PeglegWarning`.
+        True where a pixel must not be used.  Pixels whose image or error is NaN/inf
+        (or beyond +-:data:`MAX_ABS_VALUE`) are added to the mask with a
+        :class:`~pegleg.PeglegWarning`.
     wcs : astropy.wcs.WCS, astropy.io.fits.Header or str, optional
         Celestial WCS of the pixel grid; stored as header text in ``attrs['wcs']``.
     redshift : float, optional
@@ -675,8 +726,9 @@ def from_arrays(image: Any, error: Any, psf: Any, bands: Sequence[str] | str, pi
     Raises
     ------
     SchemaError
-        For wrong dimensions, shape mismatches, non-positive errors on unmasked
-        pixels, bad units, duplicated bands, bad pixel scale.
+        For wrong dimensions, shape mismatches, complex or non-numeric arrays,
+        non-positive (or below :data:`MIN_ERROR`) errors on unmasked pixels, bad units,
+        duplicated bands, bad pixel scale, segmentation labels that are not integers.
     PSFError
         For NaN, all-zero, even-sized or off-centre PSFs or missing PSF bands.
     """
@@ -701,29 +753,40 @@ def from_arrays(image: Any, error: Any, psf: Any, bands: Sequence[str] | str, pi
         msk = np.zeros(img.shape, dtype=bool)
     else:
         msk = np.array(mask, dtype=bool)
-        if msk.ndim == 2:
+        if msk.ndim == 2 and msk.shape == img.shape[1:]:
             msk = np.broadcast_to(msk, img.shape).copy()
         if msk.shape != img.shape:
             raise SchemaError(f"mask: shape {msk.shape} differs from image shape {img.shape}")
 
-    bad = ~msk & ~(np.isfinite(img) & np.isfinite(err))
+    with np.errstate(invalid="ignore"):
+        bad = ~msk & ~(np.isfinite(img) & np.isfinite(err)
+                       & (np.abs(img) <= MAX_ABS_VALUE) & (np.abs(err) <= MAX_ABS_VALUE))
     if bad.any():
         per_band = {b: int(n) for b, n in zip(blist, bad.sum(axis=(1, 2))) if n}
-        warnings.warn(f"image/error: {int(bad.sum())} unmasked NaN/inf pixel(s) were masked {per_band}",
-                      PeglegWarning, stacklevel=2)
+        warnings.warn(f"image/error: {int(bad.sum())} unmasked NaN/inf pixel(s) (or |value| > {MAX_ABS_VALUE:g}) "
+                      f"were masked {per_band}", PeglegWarning, stacklevel=2)
         msk = msk | bad
     nonpos = ~msk & (err <= 0)
     if nonpos.any():
         per_band = {b: int(n) for b, n in zip(blist, nonpos.sum(axis=(1, 2))) if n}
         raise SchemaError(f"error: {int(nonpos.sum())} unmasked pixel(s) have error <= 0 {per_band}; "
                           "errors must be > 0 where mask is False (mask those pixels)")
+    tiny = ~msk & (err < MIN_ERROR)
+    if tiny.any():
+        per_band = {b: int(n) for b, n in zip(blist, tiny.sum(axis=(1, 2))) if n}
+        raise SchemaError(f"error: {int(tiny.sum())} unmasked pixel(s) have error < {MIN_ERROR:g} {per_band}; "
+                          "rescale image and error to a larger flux unit (e.g. uJy)")
 
     psf_arr = _stack_psfs(psf, blist)
 
     if wavelength is None:
         wl = np.array([_filters.pivot_wavelength(b) for b in blist])
     else:
-        wl = np.asarray(wavelength, dtype=float).ravel()
+        try:
+            wl = np.asarray(wavelength, dtype=float).ravel()
+        except (TypeError, ValueError):
+            raise SchemaError(f"wavelength: expected {len(blist)} positive finite values (micron), "
+                              f"got {wavelength!r}") from None
         if wl.shape != (len(blist),) or not np.all(np.isfinite(wl)) or np.any(wl <= 0):
             raise SchemaError(f"wavelength: expected {len(blist)} positive finite values (micron), got {wavelength!r}")
 
@@ -747,10 +810,7 @@ def from_arrays(image: Any, error: Any, psf: Any, bands: Sequence[str] | str, pi
         seg = np.asarray(segmentation)
         if seg.shape != (ny, nx):
             raise SchemaError(f"segmentation: shape {seg.shape} differs from the image grid {(ny, nx)}")
-        if not np.issubdtype(seg.dtype, np.integer):
-            if not np.all(np.isfinite(seg)) or np.any(seg != np.round(seg)):
-                raise SchemaError("segmentation: expected integer labels")
-        data_vars[SEGMENTATION] = ((Y, X), seg.astype(np.int32), {"units": "1", "long_name": VARIABLES[SEGMENTATION][2]})
+        data_vars[SEGMENTATION] = ((Y, X), check_labels(seg), {"units": "1", "long_name": VARIABLES[SEGMENTATION][2]})
 
     attrs: dict[str, Any] = {PIXEL_SCALE: ps, RESOLUTION: _check_resolution(resolution, blist)}
     if z is not None:
@@ -758,7 +818,7 @@ def from_arrays(image: Any, error: Any, psf: Any, bands: Sequence[str] | str, pi
     if wcs is not None:
         attrs[WCS_ATTR] = wcs_to_text(wcs)
     if source_id is not None:
-        attrs[SOURCE_ID] = str(source_id)
+        attrs[SOURCE_ID] = _check_text(str(source_id), "source_id")
     attrs[HISTORY] = "[]"
     ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
     ds = append_history(ds, "from_arrays", {
@@ -785,7 +845,8 @@ def validate(ds: xr.Dataset) -> xr.Dataset:
     """Check that ``ds`` is a valid stamp Dataset and return it unchanged.
 
     Checks dims of every schema variable, ``units`` and ``long_name`` on every data
-    variable, a bool ``mask``, finite data and ``error > 0`` on unmasked pixels, one
+    variable, a bool ``mask``, finite data within +-:data:`MAX_ABS_VALUE` and
+    ``error >=`` :data:`MIN_ERROR` on unmasked pixels, one
     normalised, odd-sized, centred PSF per band, unique bands with a ``wavelength``,
     a finite positive ``pixel_scale``, and readable ``resolution``, ``wcs`` and
     ``pegleg_history`` attributes.
@@ -827,6 +888,10 @@ def validate(ds: xr.Dataset) -> xr.Dataset:
         raise SchemaError("variables 'image'/'error': NaN or inf on unmasked pixels (mask them)")
     if np.any(err[ok] <= 0):
         raise SchemaError("variable 'error': values <= 0 on unmasked pixels (mask them)")
+    if np.any(np.abs(img[ok]) > MAX_ABS_VALUE) or np.any(err[ok] > MAX_ABS_VALUE) or np.any(err[ok] < MIN_ERROR):
+        raise SchemaError(f"variables 'image'/'error': unmasked values outside |image| <= {MAX_ABS_VALUE:g}, "
+                          f"{MIN_ERROR:g} <= error <= {MAX_ABS_VALUE:g}; rescale them (another flux unit) "
+                          "or mask those pixels")
     psf = ds[PSF].values
     for i, b in enumerate(bands):
         check_psf_array(psf[i], b, normalise=False)

@@ -288,9 +288,19 @@ def _read_fits_table(path: Path, hdu, flux_unit, wavelength_unit) -> xr.Dataset:
     uw = unit_of(cw, wavelength_unit, "um", "wavelength_unit")
     uf = unit_of(cf, flux_unit, "uJy", "flux_unit")
     ue = unit_of(ce, flux_unit, hdu.columns[cf].unit or "uJy", "flux_unit")
-    wl = _wavelength_to_um(np.asarray(data[cw], float).ravel(), uw, f"{path}: column {cw!r}")
-    flux = _flux_to_ujy(np.asarray(data[cf], float).ravel(), uf, wl, f"{path}: column {cf!r}")
-    err = _flux_to_ujy(np.asarray(data[ce], float).ravel(), ue, wl, f"{path}: column {ce!r}")
+
+    def column(name):
+        values = data[name]
+        if np.iscomplexobj(values):
+            raise FileFormatError(f"{path}: column {name!r} holds complex numbers; expected real values")
+        try:
+            return np.asarray(values, float).ravel()
+        except (TypeError, ValueError) as exc:
+            raise FileFormatError(f"{path}: column {name!r} is not numeric ({exc})") from None
+
+    wl = _wavelength_to_um(column(cw), uw, f"{path}: column {cw!r}")
+    flux = _flux_to_ujy(column(cf), uf, wl, f"{path}: column {cf!r}")
+    err = _flux_to_ujy(column(ce), ue, wl, f"{path}: column {ce!r}")
     return _finish_1d(path, wl, flux, err, {"extension": hdu.name, "columns": f"{cw},{cf},{ce}"})
 
 
@@ -492,6 +502,8 @@ def read(path: str | os.PathLike, *, flux_unit: str | None = None,
     SchemaError
         Unknown units, or units that are not a wavelength / flux density.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise FileFormatError(f"read: expected a file path, got {type(path).__name__} {path!r}")
     p = Path(os.fspath(path)).expanduser()
     if not p.exists():
         raise FileFormatError(f"{p}: file not found; expected a FITS or text spectrum")

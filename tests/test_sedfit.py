@@ -273,3 +273,23 @@ def test_ml_colour_slope(gradient_fit):
     lml = truth["log_stellar_mass"].values[yy, xx] - np.log10(ti.sel(band="F444W").values[yy, xx])
     true_slope = np.polyfit(col, lml, 1)[0]
     assert abs(mlc.attrs["slope"] / true_slope - 1) < 0.2, (mlc.attrs["slope"], true_slope)
+
+
+def test_binned_sedfit_paints_back(synthetic_fit, emulator, network):
+    obs, truth, out = synthetic_fit
+    binned = out.pegleg.bin(target_snr=30)
+    fit = binned.pegleg.sedfit(emulator=emulator, network=network, seed=1)
+    assert fit.pegleg.history[-1]["parameters"]["binned"] is True
+    bin_id = fit["bin_id"].values
+    region = bin_id >= 0
+    m = fit["log_stellar_mass"].sel(quantile=0.5).values
+    assert np.all(np.isfinite(m[region])) and np.all(np.isnan(m[~region]))
+    # extensive quantities are shared by reference-band flux: every bin's pixel masses add
+    # up to the bin's fitted mass; intensive ones are the same on every pixel of a bin
+    av = fit["av"].sel(quantile=0.5).values
+    for b in np.unique(bin_id[region])[:20]:
+        sel = bin_id == b
+        assert np.ptp(av[sel]) == 0
+    multi = [b for b in np.unique(bin_id[region]) if (bin_id == b).sum() > 1]
+    assert multi
+    assert abs(fit.attrs["sedfit_log_mass_pixel_sum"][1] - truth.attrs["log_stellar_mass_total"]) < 0.15

@@ -266,13 +266,18 @@ def fit_multigauss(image: np.ndarray, error: np.ndarray, mask: np.ndarray, psf_s
     FitError
         When no pixel is usable or the source has no positive flux.
     """
-    if sky_model not in SKY_MODELS:
+    if not isinstance(sky_model, str) or sky_model not in SKY_MODELS:
         raise FitError(f"sky_model: expected one of {SKY_MODELS}, got {sky_model!r}")
     img = np.array(image, dtype=np.float64)
     err = np.array(error, dtype=np.float64)
     use = ~np.asarray(mask, bool) & np.isfinite(img) & np.isfinite(err) & (err > 0)
     if use.sum() < 10:
         raise FitError(f"only {int(use.sum())} usable pixels: the band is (almost) fully masked")
+    # work in units of the typical error (a power of two: exact rescaling), so the bounded
+    # linear solves do not depend on the flux unit (BVLS tolerances are absolute: fluxes
+    # of 1e12 x the error changed the total flux by 0.8%); results are scaled back below
+    unit = float(2.0 ** np.round(np.log2(np.median(err[use]))))
+    img, err = img / unit, err / unit
     shape = img.shape
     if region is None:  # without a segment, the significant pixels (noise would inflate the moments)
         reg = use & (img > 2 * err)
@@ -347,11 +352,12 @@ def fit_multigauss(image: np.ndarray, error: np.ndarray, mask: np.ndarray, psf_s
     Qf, Rf = np.linalg.qr(A)  # the linear problem at the fitted shape, for posterior sampling
     q, phi = float(res.x[2]), float(res.x[3])
     phi = float(np.mod(phi, np.pi))
-    return MultiGaussFit(sigma=sigma, flux=coef[:K], centre=(float(res.x[0]), float(res.x[1])), q=q, phi=phi,
-                         sky=coef[K:], sky_model=sky_model, chi2=chi2, ndof=ndof, flux_error=flux_err,
-                         success=bool(res.success), message=str(res.message),
-                         info={"nfev": int(res.nfev), "initial": mom, "sky_noise": sky_noise, "sky_error": sky_err,
-                               "linear": {"R": Rf, "qtb": Qf.T @ b, "scale": float(noise_scale)},
+    return MultiGaussFit(sigma=sigma, flux=coef[:K] * unit, centre=(float(res.x[0]), float(res.x[1])), q=q,
+                         phi=phi, sky=coef[K:] * unit, sky_model=sky_model, chi2=chi2, ndof=ndof,
+                         flux_error=flux_err * unit, success=bool(res.success), message=str(res.message),
+                         info={"nfev": int(res.nfev), "initial": mom, "sky_noise": sky_noise * unit,
+                               "sky_error": sky_err * unit,
+                               "linear": {"R": Rf / unit, "qtb": Qf.T @ b, "scale": float(noise_scale)},
                                "sky_pixels": int(skypix.sum())})
 
 

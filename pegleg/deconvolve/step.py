@@ -165,20 +165,29 @@ def deconvolve(ds: xr.Dataset, bands=None, psf: Any = None, *, sky_model: str = 
     with a :class:`~pegleg.PeglegWarning`; the other bands are still fitted.
     """
     S.validate(ds)
-    if sky_model not in SKY_MODELS:
+    if not isinstance(sky_model, str) or sky_model not in SKY_MODELS:
         raise FitError(f"sky_model: expected one of {SKY_MODELS}, got {sky_model!r}")
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         hint = (" (nested sampling did not converge on this posterior; 'posterior' samples it exactly)"
-                if method == "dynesty" else "")
+                if isinstance(method, str) and method == "dynesty" else "")
         raise FitError(f"method: expected one of {METHODS}, got {method!r}{hint}")
     if S.IMAGE_OBSERVED in ds:
         raise S.SchemaError("this Dataset is already deconvolved (it has 'image_observed'); "
                             "deconvolve the observed Dataset instead")
+    if isinstance(n_components, (bool, np.bool_)) or not isinstance(n_components, (int, np.integer)) \
+            or n_components < 1:
+        raise FitError(f"n_components: expected a positive integer, got {n_components!r}")
+    S.check_positive(max_factor, "max_factor", error=FitError, what="width factor")
     all_bands = [str(b) for b in ds[S.BAND].values]
-    blist = all_bands if bands is None else ([bands] if isinstance(bands, str) else list(bands))
+    try:
+        blist = all_bands if bands is None else ([bands] if isinstance(bands, str) else [str(b) for b in bands])
+    except TypeError:
+        raise S.SchemaError(f"bands: expected a band name or a sequence of band names, got {bands!r}") from None
     missing = [b for b in blist if b not in all_bands]
     if missing:
         raise S.SchemaError(f"bands: {missing} not in the Dataset; available: {all_bands}")
+    if not blist or len(set(blist)) != len(blist):
+        raise S.SchemaError(f"bands: expected distinct band names, got {blist}")
     ds = ds.sel({S.BAND: blist})
     region, neighbours = S.source_region(ds)
     psf_source = None
@@ -204,6 +213,8 @@ def _run_band(job, kw):
         return b, deconvolve_band(img, err, msk, p, **kw), None
     except PeglegError as exc:
         return b, None, f"{type(exc).__name__}: {exc}"
+    except np.linalg.LinAlgError as exc:  # a degenerate band (e.g. no sky pixels left) must not stop the others
+        return b, None, f"FitError: linear algebra failed ({exc})"
 
 
 def _assemble(ds, results, psf, psf_source, kw, n_workers) -> xr.Dataset:

@@ -32,6 +32,8 @@ _FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")
 SCALE_TOLERANCE = 1e-4
 #: Bands must share a grid to within this many pixels.
 GRID_TOLERANCE = 0.05
+#: Largest cutout side (pixels): beyond it ``size`` is a mistake (e.g. arcsec given as pixels).
+MAX_CUTOUT = 8192
 _PSF_SCALE_CARDS = ("PIXELSCL", "PIXSCALE")
 _UNIT_ALIASES = {"microjy": "uJy", "microjansky": "uJy", "ujy": "uJy", "njy": "nJy", "nanojy": "nJy",
                  "nanojansky": "nJy", "jy": "Jy", "jansky": "Jy", "mjy/sr": "MJy/sr", "mjy sr-1": "MJy/sr"}
@@ -302,6 +304,10 @@ def _select_bands(found: Sequence[str], bands: Any, folder: Path | None) -> list
                               f"({exc}); pass bands= explicitly") from None
     if isinstance(bands, str):
         bands = [bands]
+    try:
+        bands = list(bands)
+    except TypeError:
+        raise SchemaError(f"bands: expected a sequence of band names, got {bands!r}") from None
     out = []
     for b in bands:
         key = str(b).strip().upper()
@@ -474,8 +480,10 @@ def open_stamps(source: Any, *, bands: Sequence[str] | None = None, psf: Any = N
     PSFError
         Missing PSFs (with ``missing_psf="raise"``), unusable PSF images.
     """
-    if missing_psf not in ("raise", "drop"):
+    if not isinstance(missing_psf, str) or missing_psf not in ("raise", "drop"):
         raise SchemaError(f"missing_psf: expected 'raise' or 'drop', got {missing_psf!r}")
+    if pixel_scale is not None:
+        pixel_scale = schema.check_positive(pixel_scale, "pixel_scale", what="pixel scale (arcsec/pixel)")
     if (center is None) != (size is None):
         raise SchemaError("center and size: give both (a cutout) or neither")
 
@@ -676,7 +684,7 @@ def _open(refs, folder, band_list, cache, *, source, psf, center, size, matched_
             raise SchemaError(f"segmentation: shape {seg.shape} differs from the image grid {(ny, nx)}")
 
     if seg is not None:
-        seg = np.array(seg, dtype=np.int64)  # native copy
+        seg = schema.check_labels(seg, f"segmentation ({seg_band})").astype(np.int64)  # native copy
     centre = cut_centre.get(b0, (ny // 2, nx // 2))
     own = 0
     neighbours = np.zeros((ny, nx), dtype=bool)
@@ -751,17 +759,44 @@ def _cutout(s_data, e_data, seg_data, w, center, size, band, label):
 
     if isinstance(center, SkyCoord) and w is None:
         raise SchemaError(f"{label}: center is a sky position but the file has no celestial WCS")
+    _check_cutout_size(size, w, band)
+    if seg_data is not None:
+        seg_data = schema.check_labels(seg_data, f"{label}: SEG")
     try:
         kw = dict(position=center, size=size, wcs=w, mode="partial")
         cs = Cutout2D(np.asarray(s_data, dtype=np.float64), fill_value=np.nan, **kw)
         ce = Cutout2D(np.asarray(e_data, dtype=np.float64), fill_value=np.nan, **kw)
-        cg = None if seg_data is None else Cutout2D(np.asarray(seg_data, dtype=np.int64), fill_value=0, **kw)
+        cg = None if seg_data is None else Cutout2D(seg_data.astype(np.int64), fill_value=0, **kw)
     except NoOverlapError:
         raise SchemaError(f"band {band!r}: center {center} lies outside the image {label}") from None
     except (ValueError, TypeError) as exc:
         raise SchemaError(f"band {band!r}: cannot cut out center={center}, size={size} from {label} ({exc})") from None
     pos = cs.position_cutout  # (x, y)
     return cs.data, ce.data, (None if cg is None else cg.data), cs.wcs, (int(round(pos[1])), int(round(pos[0])))
+
+
+def _check_cutout_size(size, w, band) -> None:
+    """SchemaError for a non-finite ``size`` or one above :data:`MAX_CUTOUT` pixels (which would
+    make Cutout2D allocate without bound); other problems are left to Cutout2D."""
+    import astropy.units as u
+
+    try:
+        q = u.Quantity(size)
+        if q.unit.physical_type == "angle":
+            if w is None:
+                return
+            from astropy.wcs.utils import proj_plane_pixel_scales
+
+            pix = (q / (float(np.mean(proj_plane_pixel_scales(w))) * u.deg)).decompose().value
+        elif q.unit in (u.dimensionless_unscaled, u.pixel):
+            pix = q.value
+        else:
+            return
+        pix = np.atleast_1d(np.asarray(pix, dtype=float))
+    except (TypeError, ValueError, u.UnitsError):
+        return
+    if pix.size and not np.all(np.isfinite(pix) & (pix <= MAX_CUTOUT)):
+        raise SchemaError(f"band {band!r}: size={size!r} is not a finite cutout size of at most {MAX_CUTOUT} pixels")
 
 
 def _source_json(folder: Path | None) -> dict:

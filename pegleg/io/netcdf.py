@@ -57,7 +57,10 @@ def to_netcdf(ds: xr.Dataset, path: str | os.PathLike, *, compress: bool = True)
                           "store them as JSON text or numbers")
     from .atomic import atomic_write
 
-    return atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine=_ENGINE, encoding=_encoding(ds, compress)))
+    try:
+        return atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine=_ENGINE, encoding=_encoding(ds, compress)))
+    except UnicodeEncodeError as exc:  # lone surrogates in names, attributes or string variables
+        raise SchemaError(f"{path}: text that is not valid Unicode cannot be stored in NetCDF ({exc})") from None
 
 
 def open_dataset(path: str | os.PathLike) -> xr.Dataset:
@@ -72,6 +75,8 @@ def open_dataset(path: str | os.PathLike) -> xr.Dataset:
     FileFormatError
         If the file is missing, truncated or not NetCDF (the message names the file).
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise FileFormatError(f"open_dataset: expected a file path, got {type(path).__name__} {path!r}")
     path = Path(path)
     if not path.is_file():
         raise FileFormatError(f"{path}: no such file")

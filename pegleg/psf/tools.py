@@ -38,6 +38,9 @@ __all__ = [
 RESAMPLE_TOLERANCE = 1e-3
 #: Centroid offset (pixels) below which a PSF counts as centred (no further shift).
 _CENTRE_GOAL = 2e-3
+#: Largest side (pixels) of a resampled PSF: beyond it the pixel scales are wrong
+#: (e.g. a PIXELSCL card in degrees), not the PSF large.
+MAX_RESAMPLED_SIZE = 4097
 
 
 def _what(name: str) -> str:
@@ -46,6 +49,8 @@ def _what(name: str) -> str:
 
 def _as_2d(psf: Any, name: str = "") -> np.ndarray:
     """Native-endian float64 copy of a 2-D PSF (FITS data are big-endian)."""
+    if np.iscomplexobj(psf):
+        raise PSFError(f"{_what(name)}: expected real numbers, got a complex array")
     try:
         p = np.array(psf, dtype=np.float64, copy=True)
     except (TypeError, ValueError) as exc:
@@ -76,7 +81,7 @@ def _odd_shape(size: Any, what: str = "size") -> tuple[int, int]:
     shape = (size, size) if np.ndim(size) == 0 else tuple(size)
     try:
         shape = tuple(int(s) for s in shape)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise PSFError(f"{what}: expected an odd int or a pair of odd ints, got {size!r}") from None
     if len(shape) != 2 or any(s < 1 or s % 2 == 0 for s in shape):
         raise PSFError(f"{what}: expected odd positive sides so the PSF has a central pixel, got {size!r}")
@@ -354,6 +359,9 @@ def resample_psf(psf: Any, from_scale: float, to_scale: float, *, size: Any = No
     if size is None:
         half_y = max(cy + 0.5, ny - 0.5 - cy) * ratio
         half_x = max(cx + 0.5, nx - 0.5 - cx) * ratio
+        if not max(half_y, half_x) <= MAX_RESAMPLED_SIZE / 2:
+            raise PSFError(f"psf: resampling a {ny}x{nx} PSF from {s_in:g} to {s_out:g} arcsec/pixel would need "
+                           f"more than {MAX_RESAMPLED_SIZE} pixels per side; check the pixel scales (PIXELSCL)")
         shape = (2 * int(np.ceil(half_y - 0.5 - 1e-9)) + 1, 2 * int(np.ceil(half_x - 0.5 - 1e-9)) + 1)
     else:
         shape = _odd_shape(size)

@@ -735,6 +735,9 @@ def load_emulator(name="default", *, trust: bool = False) -> BaseEmulator:
     ``trust=True`` (see :func:`pegleg.sed.parrot.load_parrot`).  pegleg's own files are
     always read with ``allow_pickle=False``; ``trust`` does not change that.
     """
+    if not isinstance(name, (str, os.PathLike)):
+        raise EmulatorError(f"load_emulator: expected 'default', a bundled name or a file path, got "
+                            f"{type(name).__name__} {name!r}")
     if isinstance(name, str) and os.sep not in name and "/" not in name \
             and not name.endswith((".npz", ".npy")):
         path = _DATA_DIR / f"{name}_emulator.npz"

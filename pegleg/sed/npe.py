@@ -254,6 +254,14 @@ class PosteriorNetwork:
         self.name = name
         self.metadata = meta
         f32 = np.float32
+        arrays = list(trunk_weights) + list(trunk_biases) + [WA, bA, WB, bB, x_mean, x_std, ya_mean, ya_std,
+                                                             yb_mean, yb_std]
+        for a in arrays:
+            a = np.asarray(a)
+            if np.iscomplexobj(a) or not np.issubdtype(a.dtype, np.number):
+                raise EmulatorError(f"{name}: network arrays must be real numbers, got dtype {a.dtype}")
+            if not np.all(np.isfinite(a)):
+                raise EmulatorError(f"{name}: network arrays contain NaN or infinite values")
         self.trunk_weights = [np.ascontiguousarray(w, dtype=f32) for w in trunk_weights]
         self.trunk_biases = [np.ascontiguousarray(b, dtype=f32) for b in trunk_biases]
         self.WA, self.bA = np.ascontiguousarray(WA, f32), np.ascontiguousarray(bA, f32)
@@ -278,6 +286,8 @@ class PosteriorNetwork:
             raise EmulatorError(f"{self.name}: the last proposal dimension must be {MASS_PER_FLUX!r}")
         if self.bounds.shape != (len(self.param_names) - 1, 2):
             raise EmulatorError(f"{self.name}: bounds must have shape ({len(self.param_names) - 1}, 2)")
+        if not np.all(np.isfinite(self.bounds)) or np.any(self.bounds[:, 0] >= self.bounds[:, 1]):
+            raise EmulatorError(f"{self.name}: bounds must be finite with low < high, got {self.bounds.tolist()}")
         if self.x_mean.shape != (n_in,) or self.x_std.shape != (n_in,):
             raise EmulatorError(f"{self.name}: x_mean/x_std must have {n_in} entries for {nb} filters")
         width = n_in
@@ -379,6 +389,9 @@ def save_posterior_network(net: PosteriorNetwork, path) -> Path:
 
 def load_posterior_network(name="default") -> PosteriorNetwork:
     """Load a posterior network: ``"default"`` (bundled) or a path to a ``.npz`` file."""
+    if not isinstance(name, (str, os.PathLike)):
+        raise EmulatorError(f"load_posterior_network: expected 'default' or a file path, got "
+                            f"{type(name).__name__} {name!r}")
     if isinstance(name, str) and "/" not in name and os.sep not in name and not name.endswith(".npz"):
         path = _DATA_DIR / f"{name}_posterior.npz"
         if not path.exists():
