@@ -155,14 +155,23 @@ def sedfit(ds: xr.Dataset, *, redshift=None, redshift_sigma=None, method: str = 
     npix = ny * nx
     if binned:
         # flux fraction of each pixel within its bin in the reference band (extensive quantities)
-        ref_pix = np.where(valid[iref], np.clip(img[iref], 0, None), 0.0).ravel()
+        # share weights: the intrinsic model of the reference band when the Dataset has one
+        # (smooth and positive), else its flux; floored at 1e-3 of the bin mean so no pixel
+        # of a bin gets zero mass
+        if S.MODEL in ds:
+            ref_pix = np.nan_to_num(ds[S.MODEL].sel({S.BAND: reference_band}).values * scale).ravel()
+        else:
+            ref_pix = np.where(valid[iref], img[iref], 0.0).ravel()
+        ref_pix = np.clip(ref_pix, 0, None)
         inbin = flat_bin >= 0
         pos = np.full(flat_bin.shape, -1)
         lut = np.full(ids.max() + 1 if ids.size else 1, -1)
         lut[ids] = np.arange(ids.size)
         pos[inbin] = lut[flat_bin[inbin]]
-        tot = np.bincount(pos[inbin], ref_pix[inbin], minlength=ids.size)
         count = np.bincount(pos[inbin], minlength=ids.size)
+        mean = np.bincount(pos[inbin], ref_pix[inbin], minlength=ids.size) / np.maximum(count, 1)
+        ref_pix = np.where(inbin, np.maximum(ref_pix, 1e-3 * mean[np.maximum(pos, 0)]), 0.0)
+        tot = np.bincount(pos[inbin], ref_pix[inbin], minlength=ids.size)
         with np.errstate(divide="ignore", invalid="ignore"):
             frac = np.where(tot[np.maximum(pos, 0)] > 0, ref_pix / tot[np.maximum(pos, 0)],
                             1.0 / np.maximum(count[np.maximum(pos, 0)], 1))
