@@ -82,12 +82,18 @@ def main() -> None:
     ap.add_argument("--redshift", type=float, default=2.0)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--draws", type=int, default=128)
-    ap.add_argument("--memory", type=int, default=0, help="pixels for the peak-memory run (0 = skip)")
+    ap.add_argument("--memory", default="0", help="pixels for the peak-memory run(s), comma-separated (0 = skip)")
     ap.add_argument("--memory-method", default="fast")
+    ap.add_argument("--memory-only", action="store_true", help="only the peak-memory runs (--memory N[,N2...])")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
+        args.memory = int(args.memory)
         child_memory(args)
+        return
+    sizes = [int(v) for v in str(args.memory).split(",") if int(v) > 0]
+    if args.memory_only:
+        _memory_runs(args, sizes)
         return
     emu = load_emulator()
     net = load_posterior_network()
@@ -121,13 +127,23 @@ def main() -> None:
             w = (r_nest[q][:, 2] - r_nest[q][:, 0]) / 2
             print(f"  median |importance - nested| {q}: {np.median(np.abs(d)):.3f} "
                   f"(max {np.max(np.abs(d)):.3f}; nested 1-sigma median {np.median(w):.3f})")
-    if args.memory:
-        cmd = [sys.executable, __file__, "--child", "--memory", str(args.memory), "--redshift", str(args.redshift),
+    _memory_runs(args, sizes)
+
+
+def _memory_runs(args, sizes) -> None:
+    """Each size in a fresh child process; peak RSS (ru_maxrss) of the child."""
+    res = []
+    for n in sizes:
+        cmd = [sys.executable, __file__, "--child", "--memory", str(n), "--redshift", str(args.redshift),
                "--memory-method", args.memory_method]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         m = json.loads(out.stdout.strip().splitlines()[-1])
+        res.append(m)
         print(f"memory: {m['n']:,} pixels ({args.memory_method}) in {m['seconds']:.0f} s, peak RSS "
               f"{m['peak_rss_gb']:.2f} GB (flux + error input {m['input_gb']:.2f} GB)")
+    if len(res) > 1:
+        print(f"peak RSS ratio {res[-1]['n']:,} / {res[0]['n']:,} pixels: "
+              f"{res[-1]['peak_rss_gb'] / res[0]['peak_rss_gb']:.2f}")
 
 
 if __name__ == "__main__":
