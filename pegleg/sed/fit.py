@@ -675,11 +675,21 @@ def fit_photometry(flux, error, filters: Sequence[str], redshift, *, valid=None,
                     n_samples=int(n_samples), nlive=int(nlive), seed=seed, max_rounds=int(max_rounds))
     tasks = [(i, rows) for i, rows in enumerate(chunks)]
     func = functools.partial(_run_chunk, prob, net, settings)
-    results = _parallel.parallel_map(func, tasks, n_workers=n_workers, progress=progress,
-                                     desc=f"sedfit ({method})")
-    for (_, rows), part in zip(tasks, results):
-        for k, v in part.items():
-            out[k][rows] = v
+    n_proc = _parallel.default_workers(len(tasks)) if n_workers is None else max(1, int(n_workers))
+    if n_proc == 1 or len(tasks) <= 1:
+        # serial: store every chunk as it is done (memory stays at one chunk of draws)
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1):
+            for task in _parallel.progress_iter(tasks, len(tasks), progress, f"sedfit ({method})"):
+                for k, v in func(task).items():
+                    out[k][task[1]] = v
+    else:
+        results = _parallel.parallel_map(func, tasks, n_workers=n_proc, progress=progress,
+                                         desc=f"sedfit ({method})")
+        for (_, rows), part in zip(tasks, results):
+            for k, v in part.items():
+                out[k][rows] = v
     if prob.z_sigma is None:
         out["redshift"][has] = prob.z[has, None]
     out["seconds"] = time.perf_counter() - t0
