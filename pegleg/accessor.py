@@ -139,6 +139,12 @@ class PeglegAccessor:
 
         return profiles(self._ds, quantities, **kwargs)
 
+    def predict_spectrum(self, region=None, **kwargs) -> xr.Dataset:
+        """Spectrum predicted by the resolved fit for a region (:func:`pegleg.spectrum.predict_spectrum`)."""
+        from .spectrum import predict_spectrum
+
+        return predict_spectrum(self._ds, region, **kwargs)
+
     def qa(self):
         """Per-band quality table of a deconvolved Dataset (:func:`pegleg.deconvolve.qa`)."""
         from .deconvolve import qa
