@@ -153,7 +153,7 @@ PHYSICAL = {
     LOG_MASS_FORMED: ("log10(Msun)", "total stellar mass formed in the pixel"),
     REDSHIFT_FIT: ("1", "redshift (posterior of the photo-z prior)"),
     STELLAR_MASS_DENSITY: ("Msun/kpc2", "stellar-mass surface density"),
-    SFR_DENSITY: ("Msun/yr/kpc2", "star-formation-rate surface density (SFR100)"),
+    SFR_DENSITY: ("Msun yr-1 kpc-2", "star-formation-rate surface density (SFR100)"),
 }
 VARIABLES.update({name: ((Y, X, QUANTILE), units, f"{long} (posterior quantiles)")
                   for name, (units, long) in PHYSICAL.items()})

@@ -294,3 +294,19 @@ def test_binned_sedfit_paints_back(synthetic_fit, emulator, network):
     multi = [b for b in np.unique(bin_id[region]) if (bin_id == b).sum() > 1]
     assert multi
     assert abs(fit.attrs["sedfit_log_mass_pixel_sum"][1] - truth.attrs["log_stellar_mass_total"]) < 0.15
+
+
+def test_profiles_of_everything(synthetic_fit):
+    from pegleg.mass_profile import profiles
+
+    _, truth, out = synthetic_fit
+    prof = profiles(out)
+    for name in ("stellar_mass_density", "sfr_density", "av", "log_age_mw", "light", "colour_F150W_F444W"):
+        assert name in prof, name
+    assert prof["light"].dims == ("band", "radius")
+    # the light profile of F444W matches a direct radial profile of the image
+    direct = out.pegleg.radial_profile("image", band="F444W", center=(prof.attrs["centre_y"], prof.attrs["centre_x"]),
+                                       ellipticity=1 - prof.attrs["axis_ratio"],
+                                       position_angle=prof.attrs["position_angle"])
+    np.testing.assert_allclose(prof["light"].sel(band="F444W").values, direct["profile"].values.ravel(), rtol=1e-10)
+    assert prof["stellar_mass_density"].attrs["units"] == "Msun/kpc2"
