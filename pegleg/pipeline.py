@@ -99,6 +99,7 @@ Path safety
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import inspect
 import itertools
@@ -890,6 +891,20 @@ def _chain(row: Mapping, config: Config) -> tuple[Any, str, int]:
     return ds, ref, size
 
 
+def _remove_stale_temporaries(out: Path) -> None:
+    """Delete ``.<name>.*.tmp`` files a killed earlier attempt at ``out`` left behind.
+
+    :func:`~pegleg.io.atomic.atomic_write` removes its temporary file on any exception,
+    but not when the process dies (a worker killed by the operating system while
+    writing); each galaxy is written by one task at a time, so its leftovers are stale.
+    """
+    for tmp in out.parent.glob(f".{glob.escape(out.name)}.*.tmp"):
+        try:
+            tmp.unlink()
+        except OSError:  # pragma: no cover - gone already, or not ours to delete
+            pass
+
+
 def process_galaxy(row: Mapping, config: Any, *, resume: bool = False) -> dict[str, Any]:
     """Run the chain for one catalogue row and write ``<output_dir>/<id>.nc`` atomically.
 
@@ -921,6 +936,7 @@ def process_galaxy(row: Mapping, config: Any, *, resume: bool = False) -> dict[s
     except Exception as exc:
         return _error_row(row, config if isinstance(config, Config) else None, exc, time.perf_counter() - t0)
     try:
+        _remove_stale_temporaries(out)
         with threadpool_limits(1):
             if resume:
                 done = _complete(out, gid)

@@ -267,10 +267,27 @@ def test_default_local_cluster(field, tmp_path):
     assert list(df["status"]) == ["ok"] and (tmp_path / "own" / "gal-1.nc").is_file()
 
 
-def test_stamp_folders_in_process(field, tmp_path):
-    """``stamps = <folder>`` of per-galaxy folders, process_galaxy called directly (no dask)."""
+def _write_stamps(folder: Path, obs) -> None:
+    """``folder/<BAND>.fits`` (SCI, ERR, SEG extensions) from a synthetic observation."""
     from astropy.io import fits
 
+    folder.mkdir(parents=True, exist_ok=True)
+    for b in BANDS:
+        d = obs.sel(band=b)
+        hdr = fits.Header({"BUNIT": "uJy"})
+        fits.HDUList([fits.PrimaryHDU(),
+                      fits.ImageHDU(d["image"].values, hdr, name="SCI"),
+                      fits.ImageHDU(d["error"].values, hdr, name="ERR"),
+                      fits.ImageHDU(obs["segmentation"].values.astype(np.int32), name="SEG")]).writeto(folder / f"{b}.fits")
+
+
+def _stamps_toml(network: str) -> str:
+    return (f'version = 1\ndata_dir = "data"\noutput_dir = "out"\npsf = "psf"\nstamps = "stamps"\n'
+            f'open_stamps = {{pixel_scale = {SCALE}}}\n[sedfit]\nmethod = "fast"\nnetwork = "{network}"\n')
+
+
+def test_stamp_folders_in_process(field, tmp_path):
+    """``stamps = <folder>`` of per-galaxy folders, process_galaxy called directly (no dask)."""
     from pegleg import synth
     from pegleg.pipeline import process_galaxy
 
@@ -279,16 +296,8 @@ def test_stamp_folders_in_process(field, tmp_path):
     folder.mkdir(parents=True)
     shutil.copytree(field["root"] / "data" / "psf", data / "psf")
     obs, truth = synth.galaxy(BANDS, shape=(41, 41), physical=True, redshift=2.0, seed=9, depth=DEPTH)
-    for b in BANDS:
-        d = obs.sel(band=b)
-        hdr = fits.Header({"BUNIT": "uJy"})
-        fits.HDUList([fits.PrimaryHDU(),
-                      fits.ImageHDU(d["image"].values, hdr, name="SCI"),
-                      fits.ImageHDU(d["error"].values, hdr, name="ERR"),
-                      fits.ImageHDU(obs["segmentation"].values.astype(np.int32), name="SEG")]).writeto(folder / f"{b}.fits")
-    text = (f'version = 1\ndata_dir = "data"\noutput_dir = "out"\npsf = "psf"\nstamps = "stamps"\n'
-            f'open_stamps = {{pixel_scale = {SCALE}}}\n[sedfit]\nmethod = "fast"\nnetwork = "{field["network"]}"\n')
-    config = Config.from_toml(_write(tmp_path, text))
+    _write_stamps(folder, obs)
+    config = Config.from_toml(_write(tmp_path, _stamps_toml(field["network"])))
     (tmp_path / "out").mkdir()
     row = {"id": "gal 9", "ra": 0.0, "dec": 0.0, "redshift": 2.0}
     res = process_galaxy(row, config)
@@ -300,6 +309,199 @@ def test_stamp_folders_in_process(field, tmp_path):
         {k: v for k, v in res.items() if k != "skipped"}, nan_ok=True)
     missing = process_galaxy({**row, "id": "gal 10"}, config)
     assert missing["status"] == "error" and "gal_10" in missing["error"]
+
+
+# ---------------------------------------------------------------------------
+# faults: a worker killed mid-task, unreadable input, a failing write, an interrupted run
+# ---------------------------------------------------------------------------
+def _write_fault(target: str, kind: str, marker: str = ""):
+    """A function for ``client.run`` that makes the workers' NetCDF writes of ``target`` fail.
+
+    The real temporary file is written, cut to 100 bytes (a partial file), and then
+    ``kind="kill"``: the worker process dies (``os._exit``) -- once: the first attempt
+    creates ``marker``, later attempts write normally; ``kind="nospace"``: ``OSError``
+    ENOSPC, every time.  Nested so that cloudpickle ships it by value to the workers.
+    """
+    def install():
+        import errno
+        import os
+        from pathlib import Path
+
+        import pegleg.io.atomic as A
+
+        orig = A.__dict__.setdefault("_test_original_atomic_write", A.atomic_write)
+
+        def atomic_write(path, write):
+            if Path(path).name != target:
+                return orig(path, write)
+
+            def partial(tmp):
+                write(tmp)
+                if kind == "kill" and os.path.exists(marker):
+                    return  # the retry: a normal write
+                with open(tmp, "r+b") as f:
+                    f.truncate(100)
+                if kind == "kill":
+                    Path(marker).touch()
+                    os._exit(1)
+                raise OSError(errno.ENOSPC, "No space left on device", tmp)
+
+            return orig(path, partial)
+
+        A.atomic_write = atomic_write
+
+    return install
+
+
+def _remove_faults():
+    import pegleg.io.atomic as A
+
+    A.atomic_write = A.__dict__.pop("_test_original_atomic_write", A.atomic_write)
+
+
+def _on_workers(cluster, func):
+    from distributed import Client
+
+    with Client(cluster) as client:
+        client.wait_for_workers(2, timeout=60)
+        return client.run(func)
+
+
+def _no_leftovers(out: Path, written: list[str]) -> None:
+    """Only complete outputs (and the summary) in ``out``: no temporary or partial files."""
+    names = sorted(p.name for p in out.iterdir())
+    assert not [n for n in names if n.endswith(".tmp") or n.startswith(".")], names
+    assert sorted(n for n in names if n.endswith(".nc")) == sorted(written), names
+    for name in written:
+        ds = pegleg.open_dataset(out / name)
+        assert "sedfit" in [s["step"] for s in ds.pegleg.history]
+
+
+_COMPARE = ["log_mass_integrated_p16", "log_mass_integrated_p50", "log_mass_integrated_p84",
+            "log_mass_pixel_sum_p50", "log_sfr100_integrated_p50", "log_sfr100_pixel_sum_p50",
+            "mass_difference_dex", "sfr_difference_dex", "r50_arcsec", "half_mass_radius_arcsec",
+            "median_reduced_chi2", "n_fitted_pixels", "sky_ok_fraction", "qa_ok_fraction"]
+
+
+def _same_as_first_run(df: pd.DataFrame, first: pd.DataFrame) -> None:
+    ref = first.set_index("id").loc[list(df["id"])]
+    assert list(df["status"]) == list(ref["status"])
+    ok = (df["status"] == "ok").values
+    np.testing.assert_allclose(df.loc[ok, _COMPARE].astype(float).values,
+                               ref.loc[ok, _COMPARE].astype(float).values, rtol=0, atol=1e-9)
+
+
+def test_worker_killed_while_writing(field, cluster, first_run, tmp_path):
+    """A worker process dies mid-task (while writing gal-2.nc): dask retries the galaxy on
+    another worker, the run completes, the killed attempt's partial temporary file is gone."""
+    out = tmp_path / "killed"
+    config = Config.from_toml(field["config"]).with_output_dir(out)
+    marker = tmp_path / "killed-once"
+    _on_workers(cluster, _write_fault("gal-2.nc", "kill", str(marker)))
+    try:
+        t0 = time.perf_counter()
+        df = run_catalog(field["catalog"], config, scheduler=cluster, progress=False)
+        print(f"\nrun with a worker killed mid-write: {time.perf_counter() - t0:.1f} s")
+    finally:
+        _on_workers(cluster, _remove_faults)  # the restarted worker never had it
+    assert marker.is_file()  # the worker really died
+    assert list(df["status"]) == ["ok", "ok", "ok", "error"] and not df["skipped"].any()
+    assert (df["error"][:3].fillna("") == "").all() and "outside the image" in df["error"].iloc[3]
+    _same_as_first_run(df, first_run[0])
+    _no_leftovers(out, ["gal-1.nc", "gal-2.nc", "JADES_gal_3.nc"])
+    disk = pd.read_csv(out / "summary.csv")
+    assert list(disk["status"]) == list(df["status"])
+
+
+@pytest.fixture(scope="module")
+def stamp_dir(field, tmp_path_factory):
+    """Stamp folders (``stamps = "stamps"``): 'good', 'corrupt' (one band file is garbage)
+    and 'nospace' (fine inputs; its write is made to fail)."""
+    from pegleg import synth
+
+    root = tmp_path_factory.mktemp("stamp_faults")
+    shutil.copytree(field["root"] / "data" / "psf", root / "data" / "psf")
+    obs, _ = synth.galaxy(BANDS, shape=(41, 41), physical=True, redshift=2.0, seed=9, depth=DEPTH)
+    for gid in ("good", "corrupt", "nospace"):
+        _write_stamps(root / "data" / "stamps" / gid, obs)
+    bad = root / "data" / "stamps" / "corrupt" / "F150W.fits"
+    bad.write_bytes(bad.read_bytes()[:1000] + b"\x00garbage" * 50)  # truncated, then junk
+    (root / "config.toml").write_text(_stamps_toml(field["network"]))
+    return root
+
+
+def _stamp_catalog(root: Path, ids: list[str]) -> Path:
+    p = root / f"{'_'.join(ids)}.csv"
+    p.write_text("id,ra,dec,redshift\n" + "".join(f"{i},0.0,0.0,2.0\n" for i in ids))
+    return p
+
+
+def test_unreadable_input(stamp_dir, cluster):
+    """A corrupted stamp file makes that galaxy an error row (with the file in the message)."""
+    out = stamp_dir / "out_input"
+    config = Config.from_toml(stamp_dir / "config.toml").with_output_dir(out)
+    df = run_catalog(_stamp_catalog(stamp_dir, ["good", "corrupt"]), config, scheduler=cluster, progress=False)
+    assert list(df["status"]) == ["ok", "error"]
+    err = df["error"].iloc[1]
+    print("\nunreadable input:", err)
+    assert "F150W" in err and "\n" not in err
+    _no_leftovers(out, ["good.nc"])
+
+
+def test_output_write_failure(stamp_dir, cluster):
+    """OSError (no space left) while writing one galaxy: an error row, no partial file."""
+    out = stamp_dir / "out_write"
+    config = Config.from_toml(stamp_dir / "config.toml").with_output_dir(out)
+    _on_workers(cluster, _write_fault("nospace.nc", "nospace"))
+    try:
+        df = run_catalog(_stamp_catalog(stamp_dir, ["good", "nospace"]), config, scheduler=cluster,
+                         progress=False)
+    finally:
+        _on_workers(cluster, _remove_faults)
+    assert list(df["status"]) == ["ok", "error"]
+    assert df["error"].iloc[1].startswith("OSError:") and "No space left" in df["error"].iloc[1]
+    _no_leftovers(out, ["good.nc"])
+    # the next run (the disk has room again) writes it
+    df2 = run_catalog(_stamp_catalog(stamp_dir, ["good", "nospace"]), config, scheduler=cluster, progress=False)
+    assert list(df2["status"]) == ["ok", "ok"] and list(df2["skipped"]) == [True, False]
+    _no_leftovers(out, ["good.nc", "nospace.nc"])
+
+
+def test_interrupted_run_resumes(field, cluster, first_run, tmp_path, monkeypatch):
+    """Ctrl-C after the first finished galaxy (one task in flight at a time); the re-run
+    computes only what is missing and the outputs equal those of an uninterrupted run."""
+    import pegleg.pipeline as P
+
+    out = tmp_path / "interrupted"
+    config = Config.from_toml(field["config"]).with_output_dir(out)
+
+    def say(progress, text):
+        if text.startswith("[1/"):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(P, "_say", say)
+    with pytest.raises(KeyboardInterrupt):
+        run_catalog(field["catalog"], config, scheduler=cluster, progress=True, max_in_flight=1)
+    monkeypatch.undo()
+    partial = pd.read_csv(out / "summary.csv")  # written on the way out
+    assert list(partial["status"]) == ["ok", "pending", "pending", "pending"]
+    # the task in flight at the interruption cannot be stopped: wait until the workers are idle
+    from distributed import Client
+
+    with Client(cluster) as client:
+        deadline = time.monotonic() + 60
+        while any(client.run(lambda dask_worker: dask_worker.state.executing_count).values()):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.nc")}
+    assert "gal-1.nc" in before
+    files = ["gal-1.nc", "gal-2.nc", "JADES_gal_3.nc"]
+    df = run_catalog(field["catalog"], config, scheduler=cluster, progress=False)
+    assert list(df["status"]) == ["ok", "ok", "ok", "error"]
+    assert list(df["skipped"][:3]) == [f in before for f in files]  # only the missing ones computed
+    assert {n: t for n, t in ((p.name, p.stat().st_mtime_ns) for p in out.glob("*.nc")) if n in before} == before
+    _same_as_first_run(df, first_run[0])
+    _no_leftovers(out, files)
 
 
 # ---------------------------------------------------------------------------
