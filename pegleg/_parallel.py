@@ -5,13 +5,13 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
 
-__all__ = ["parallel_map", "default_workers", "progress_iter"]
+__all__ = ["parallel_map", "parallel_imap", "default_workers", "progress_iter"]
 
 
 def default_workers(n_items: int) -> int:
@@ -57,16 +57,33 @@ def parallel_map(func: Callable[[Any], Any], items: Sequence[Any], *, n_workers:
     machine), one BLAS thread per worker (and in this process for serial runs).  ``n_workers=1`` (or a single item) runs in
     this process.  ``func`` and ``items`` must be picklable for other start methods.
     """
-    from threadpoolctl import threadpool_limits
+    return list(parallel_imap(func, items, n_workers=n_workers, progress=progress, desc=desc))
 
+
+def parallel_imap(func: Callable[[Any], Any], items: Sequence[Any], *, n_workers: int | None = None,
+                  progress: bool | None = None, desc: str = "") -> Iterator[Any]:
+    """:func:`parallel_map` as an iterator: results in input order, one at a time.
+
+    A caller that stores each result as it arrives holds one result at a time in a
+    serial run (``n_workers=1``) instead of the whole list.  ``n_workers`` is checked
+    at once; the work starts when the iterator is consumed.
+    """
     if n_workers is not None and (isinstance(n_workers, bool) or not isinstance(n_workers, (int, np.integer))):
         from .exceptions import SchemaError
 
         raise SchemaError(f"n_workers: expected an integer (or None for all cores), got {n_workers!r}")
     n = default_workers(len(items)) if n_workers is None else max(1, int(n_workers))
+    return _imap(func, items, n, progress, desc)
+
+
+def _imap(func, items, n, progress, desc) -> Iterator[Any]:
+    from threadpoolctl import threadpool_limits
+
     if n == 1 or len(items) <= 1:
         with threadpool_limits(1):
-            return [func(x) for x in progress_iter(items, len(items), progress, desc)]
+            for x in progress_iter(items, len(items), progress, desc):
+                yield func(x)
+        return
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
     with ProcessPoolExecutor(min(n, len(items)), mp_context=ctx, initializer=_one_thread) as ex:
-        return list(progress_iter(ex.map(func, items), len(items), progress, desc))
+        yield from progress_iter(ex.map(func, items), len(items), progress, desc)

@@ -352,12 +352,8 @@ def _z_strata(prob: _Problem, rows, n_draws, net, rng):
     return np.clip(z, zlo, zhi), zc, stratum
 
 
-def _importance_round(prob, net, idx, rows, n_draws, rng, refit=None, net_fraction=0.5):
-    """One importance-sampling round for ``rows``: returns a dict of per-draw arrays.
-
-    ``refit=(mean (R, d), chol (R, d, d))`` adds a Gaussian to the proposal, which is
-    then ``net_fraction`` x network mixture + the rest Gaussian.
-    """
+def _importance_round(prob, net, idx, rows, n_draws, rng):
+    """One importance-sampling round for ``rows``: returns a dict of per-draw arrays."""
     R = len(rows)
     P = len(prob.emu.param_names)
     d = len(prob.fit_idx)
@@ -369,23 +365,9 @@ def _importance_round(prob, net, idx, rows, n_draws, rng, refit=None, net_fracti
         sel = stratum == k
         prop, _, _ = net(f, s, v, zc[:, k])
         mix = prop.marginal(range(d))
-        m = int(sel.sum())
-        if refit is None:
-            uk = mix.sample(m, rng, widen=_WIDEN, widen_weight=_WIDEN_WEIGHT)
-            lq = mix.logpdf(uk, widen=_WIDEN, widen_weight=_WIDEN_WEIGHT)
-        else:
-            mean, chol = refit
-            half = int(round(m * net_fraction))
-            g = mean[:, None, :] + np.einsum("aij,anj->ani", chol, rng.standard_normal((R, m - half, d)))
-            uk = np.concatenate([mix.sample(half, rng, widen=_WIDEN, widen_weight=_WIDEN_WEIGHT), g], axis=1)
-            lq_mix = mix.logpdf(uk, widen=_WIDEN, widen_weight=_WIDEN_WEIGHT)
-            inv = np.linalg.inv(chol)
-            zz = np.einsum("aij,anj->ani", inv, uk - mean[:, None, :])
-            lq_g = (-0.5 * np.einsum("ani,ani->an", zz, zz) - 0.5 * d * np.log(2 * np.pi)
-                    - np.log(np.abs(np.diagonal(chol, axis1=1, axis2=2))).sum(1)[:, None])
-            lq = np.logaddexp(lq_mix + np.log(half / m), lq_g + np.log((m - half) / m))
+        uk = mix.sample(int(sel.sum()), rng, widen=_WIDEN, widen_weight=_WIDEN_WEIGHT)
         u[:, sel] = uk
-        logq[:, sel] = lq
+        logq[:, sel] = mix.logpdf(uk, widen=_WIDEN, widen_weight=_WIDEN_WEIGHT)
     theta_fit, log_jac = net.from_unconstrained(u)
     theta = np.empty((R, n_draws, P))
     theta[..., prob.fit_idx] = theta_fit
@@ -474,15 +456,20 @@ def _systematic_resample(log_w, n, rng):
     return np.clip(idx, 0, w.shape[1] - 1)
 
 
+def _map_draws(fn, *rounds: dict) -> dict:
+    """Apply ``fn`` to the arrays of per-draw dicts (nested dicts included), key by key."""
+    return {k: (_map_draws(fn, *(r[k] for r in rounds)) if isinstance(v, dict) else fn(*(r[k] for r in rounds)))
+            for k, v in rounds[0].items()}
+
+
+def _take(rd: dict, keep) -> dict:
+    """The objects ``keep`` of a per-draw dict."""
+    return _map_draws(lambda v: v[keep], rd)
+
+
 def _concat_rounds(a: dict, b: dict) -> dict:
     """Draws of two rounds from the same proposal, concatenated along the draw axis."""
-    out = {}
-    for k, v in a.items():
-        if isinstance(v, dict):
-            out[k] = {kk: np.concatenate([vv, b[k][kk]], axis=1) for kk, vv in v.items()}
-        else:
-            out[k] = np.concatenate([v, b[k]], axis=1)
-    return out
+    return _map_draws(lambda x, y: np.concatenate([x, y], axis=1), a, b)
 
 
 def _fit_importance(prob, net, rows, dst, n_draws, ess_target, n_samples, rng, out, max_rounds=4):
@@ -490,8 +477,8 @@ def _fit_importance(prob, net, rows, dst, n_draws, ess_target, n_samples, rng, o
 
     Objects whose ESS after ``n_draws`` draws is below ``ess_target`` get more draws
     from the same proposal (so all draws share one proposal density and are simply
-    pooled): enough to reach the target at the efficiency measured so far, at most
-    at most ``2**(max_rounds - 1)`` x ``n_draws`` draws in total.  (Measured with
+    pooled): enough to reach the target at the efficiency measured so far, up to
+    ``2**(max_rounds - 1)`` x ``n_draws`` draws in total.  (Measured with
     the bundled network: re-centred Gaussian or Laplace proposals gained less ESS per
     emulator call than more draws from the network itself.)
     """
@@ -528,11 +515,6 @@ def _fit_importance(prob, net, rows, dst, n_draws, ess_target, n_samples, rng, o
         _summaries(prob, rows[todo], dst[todo], rd, lw, e, n_samples, rng, out)
     out["ess"][dst] = ess
     out["flag"][dst[ess < ess_target]] |= FLAG_LOW_ESS
-
-
-def _take(rd: dict, keep) -> dict:
-    return {k: (v[keep] if not isinstance(v, dict) else {kk: vv[keep] for kk, vv in v.items()})
-            for k, v in rd.items()}
 
 
 def _fit_fast(prob, net, rows, dst, n_draws, n_samples, rng, out):
@@ -675,21 +657,12 @@ def fit_photometry(flux, error, filters: Sequence[str], redshift, *, valid=None,
                     n_samples=int(n_samples), nlive=int(nlive), seed=seed, max_rounds=int(max_rounds))
     tasks = [(i, rows) for i, rows in enumerate(chunks)]
     func = functools.partial(_run_chunk, prob, net, settings)
-    n_proc = _parallel.default_workers(len(tasks)) if n_workers is None else max(1, int(n_workers))
-    if n_proc == 1 or len(tasks) <= 1:
-        # serial: store every chunk as it is done (memory stays at one chunk of draws)
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(1):
-            for task in _parallel.progress_iter(tasks, len(tasks), progress, f"sedfit ({method})"):
-                for k, v in func(task).items():
-                    out[k][task[1]] = v
-    else:
-        results = _parallel.parallel_map(func, tasks, n_workers=n_proc, progress=progress,
-                                         desc=f"sedfit ({method})")
-        for (_, rows), part in zip(tasks, results):
-            for k, v in part.items():
-                out[k][rows] = v
+    # each chunk's results are stored as they arrive (a serial run holds one chunk at a time)
+    results = _parallel.parallel_imap(func, tasks, n_workers=n_workers, progress=progress,
+                                      desc=f"sedfit ({method})")
+    for (_, rows), part in zip(tasks, results):
+        for k, v in part.items():
+            out[k][rows] = v
     if prob.z_sigma is None:
         out["redshift"][has] = prob.z[has, None]
     out["seconds"] = time.perf_counter() - t0
