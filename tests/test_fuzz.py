@@ -43,6 +43,8 @@ import pegleg.spectrum
 from pegleg import EmulatorError, PeglegError, PeglegWarning
 from pegleg.psf import gaussian_psf
 
+from fits_helpers import write_stamp
+
 #: Examples per hypothesis test in the default run, and in the slow twins.
 FAST, FAST_CHEAP, SLOW = 25, 60, 400
 #: A single case taking longer than this (seconds) is a hang.
@@ -814,18 +816,6 @@ def _tan_header(n=N, scale=0.03):
     return w.to_header()
 
 
-def _write_band(path: Path, sci, err, seg=None, header=None, bunit="uJy", with_err=True):
-    hdr = fits.Header() if header is None else header.copy()
-    if bunit is not None:
-        hdr["BUNIT"] = bunit
-    hdus = [fits.PrimaryHDU(), fits.ImageHDU(sci, header=hdr, name="SCI")]
-    if with_err:
-        hdus.append(fits.ImageHDU(err, header=hdr, name="ERR"))
-    if seg is not None:
-        hdus.append(fits.ImageHDU(seg, header=hdr, name="SEG"))
-    fits.HDUList(hdus).writeto(path, overwrite=True)
-
-
 FITS_DAMAGE = ["none", "none", "truncate", "random-bytes", "flip-bytes", "non-ascii-header", "empty-file", "no-wcs",
                "dtype", "values", "seg", "bunit", "shape", "dims", "no-err", "directory", "no-simple"]
 
@@ -919,7 +909,7 @@ def _write_folder(root: Path, spec) -> Path:
     elif d == "no-err":
         bad[5] = False
     for b, (sci, err, sg, h, bunit, with_err) in data.items():
-        _write_band(folder / f"{b}.fits", sci, err, sg, h, bunit, with_err)
+        write_stamp(folder / f"{b}.fits", sci, err, sg, bunit=bunit, header=h, with_err=with_err)
     path = folder / f"{spec['band']}.fits"
     raw = path.read_bytes()
     if d == "truncate":

@@ -12,6 +12,8 @@ from pegleg import FileFormatError, PeglegWarning, PSFError, SchemaError, schema
 from pegleg.io.fits import open_stamps
 from pegleg.psf.tools import psf_centroid
 
+from fits_helpers import write_stamp
+
 SCALE = 0.03  # arcsec/pixel
 RA0, DEC0 = 53.1, -27.8
 ARCSEC_PER_RAD = 180 / np.pi * 3600
@@ -33,18 +35,6 @@ def tan_header(shape, scale=SCALE, crpix=None, ra=RA0, dec=DEC0):
 def gauss(n, sigma, cy=0.0, cx=0.0):
     y, x = np.mgrid[:n, :n] - (n - 1) / 2
     return np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * sigma**2))
-
-
-def write_stamp(path, sci, err, seg=None, bunit="uJy", header=None, with_err=True):
-    hdr = fits.Header() if header is None else header.copy()
-    if bunit is not None:
-        hdr["BUNIT"] = bunit
-    hdus = [fits.PrimaryHDU(), fits.ImageHDU(sci, header=hdr, name="SCI")]
-    if with_err:
-        hdus.append(fits.ImageHDU(err, header=hdr, name="ERR"))
-    if seg is not None:
-        hdus.append(fits.ImageHDU(seg, header=hdr, name="SEG"))
-    fits.HDUList(hdus).writeto(path, overwrite=True)
 
 
 BANDS = ["F444W", "F150W", "F277W"]  # deliberately not in wavelength order
