@@ -209,6 +209,14 @@ def _moment_geometry(ds: xr.Dataset, var: str) -> tuple[tuple[float, float, floa
     return (m["centre"][0], m["centre"][1], m["q"], math.degrees(m["phi"])), label
 
 
+def _as_float(value: Any, name: str, expected: str) -> float:
+    """``float(value)``, or SchemaError "<name>: expected <expected>, got <value>"."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise SchemaError(f"{name}: expected {expected}, got {value!r}") from None
+
+
 def _resolve_geometry(ds, var, center, ellipticity, position_angle):
     default = _qa_geometry(ds) or _attr_geometry(ds)
     if default is None and (center is None or ellipticity is None or position_angle is None):
@@ -230,17 +238,10 @@ def _resolve_geometry(ds, var, center, ellipticity, position_angle):
                 raise SchemaError(f"center: expected (y, x) pixel coordinates or a SkyCoord, got {center!r}") from None
         given.append("center")
     if ellipticity is not None:
-        try:
-            e = float(ellipticity)
-        except (TypeError, ValueError):
-            raise SchemaError(f"ellipticity: expected a number 0 <= e < 1, got {ellipticity!r}") from None
-        q = 1.0 - e
+        q = 1.0 - _as_float(ellipticity, "ellipticity", "a number 0 <= e < 1")
         given.append("ellipticity")
     if position_angle is not None:
-        try:
-            pa = float(position_angle)
-        except (TypeError, ValueError):
-            raise SchemaError(f"position_angle: expected degrees, got {position_angle!r}") from None
+        pa = _as_float(position_angle, "position_angle", "degrees")
         given.append("position_angle")
     if not (np.isfinite(cy) and np.isfinite(cx)) or max(abs(cy), abs(cx)) > MAX_CENTRE:
         raise SchemaError(f"center: expected finite (y, x) pixel coordinates within {MAX_CENTRE:g} pixels, "
