@@ -841,6 +841,18 @@ def _check_resolution(resolution: Any, bands: Sequence[str] | None = None) -> st
 # ---------------------------------------------------------------------------
 # validation
 # ---------------------------------------------------------------------------
+def _row_blocks(ds: xr.Dataset, max_values: int = 1 << 20):
+    """(image, error, mask) numpy arrays, all rows at once for in-memory Datasets, blocks
+    of rows of at most ``max_values`` values for lazy (dask-backed) ones."""
+    img, err, m = ds[IMAGE], ds[ERROR], ds[MASK]
+    ny = ds.sizes[Y]
+    lazy = any(v.chunks is not None for v in (img, err, m))
+    rows = max(1, max_values // max(1, img.size // max(ny, 1))) if lazy else max(ny, 1)
+    for y0 in range(0, max(ny, 1), rows):
+        sl = {Y: slice(y0, y0 + rows)}
+        yield img[sl].values, err[sl].values, m[sl].values
+
+
 def validate(ds: xr.Dataset) -> xr.Dataset:
     """Check that ``ds`` is a valid stamp Dataset and return it unchanged.
 
@@ -881,17 +893,17 @@ def validate(ds: xr.Dataset) -> xr.Dataset:
                           f"{image_units(ds)!r}")
     if ds[MASK].dtype != bool:
         raise SchemaError(f"variable 'mask': expected dtype bool, got {ds[MASK].dtype}")
-    m = ds[MASK].values
-    img, err = ds[IMAGE].values, ds[ERROR].values
-    ok = ~m
-    if not np.all(np.isfinite(img[ok])) or not np.all(np.isfinite(err[ok])):
-        raise SchemaError("variables 'image'/'error': NaN or inf on unmasked pixels (mask them)")
-    if np.any(err[ok] <= 0):
-        raise SchemaError("variable 'error': values <= 0 on unmasked pixels (mask them)")
-    if np.any(np.abs(img[ok]) > MAX_ABS_VALUE) or np.any(err[ok] > MAX_ABS_VALUE) or np.any(err[ok] < MIN_ERROR):
-        raise SchemaError(f"variables 'image'/'error': unmasked values outside |image| <= {MAX_ABS_VALUE:g}, "
-                          f"{MIN_ERROR:g} <= error <= {MAX_ABS_VALUE:g}; rescale them (another flux unit) "
-                          "or mask those pixels")
+    for img, err, m in _row_blocks(ds):
+        ok = ~m
+        if not np.all(np.isfinite(img[ok])) or not np.all(np.isfinite(err[ok])):
+            raise SchemaError("variables 'image'/'error': NaN or inf on unmasked pixels (mask them)")
+        if np.any(err[ok] <= 0):
+            raise SchemaError("variable 'error': values <= 0 on unmasked pixels (mask them)")
+        if (np.any(np.abs(img[ok]) > MAX_ABS_VALUE) or np.any(err[ok] > MAX_ABS_VALUE)
+                or np.any(err[ok] < MIN_ERROR)):
+            raise SchemaError(f"variables 'image'/'error': unmasked values outside |image| <= {MAX_ABS_VALUE:g}, "
+                              f"{MIN_ERROR:g} <= error <= {MAX_ABS_VALUE:g}; rescale them (another flux unit) "
+                              "or mask those pixels")
     psf = ds[PSF].values
     for i, b in enumerate(bands):
         check_psf_array(psf[i], b, normalise=False)

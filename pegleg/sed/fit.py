@@ -94,8 +94,22 @@ def effective_error(flux, error, error_floor=0.05, emulator_fraction=0.0) -> np.
     return np.sqrt(e * e + frac2 * f * f)
 
 
-def weighted_quantiles(values: np.ndarray, log_w: np.ndarray, probs=_PROB) -> np.ndarray:
-    """Per-row quantiles (N, len(probs)) of ``values`` (N, n) with log weights (N, n)."""
+def weighted_quantiles(values: np.ndarray, log_w: np.ndarray | None, probs=_PROB) -> np.ndarray:
+    """Per-row quantiles (N, len(probs)) of ``values`` (N, n) with log weights (N, n).
+
+    The i-th sorted value sits at its weight's midpoint of the cumulative weight;
+    quantiles interpolate linearly between those points.  ``log_w=None`` means equal
+    weights (the same numbers, computed without the cumulative sums).
+    """
+    if log_w is None:
+        n = values.shape[1]
+        v = np.sort(values, axis=1)
+        if n == 1:
+            return np.repeat(v, len(probs), axis=1)
+        pos = np.asarray(probs, dtype=float) * n - 0.5      # midpoints are at (i + 1/2) / n
+        k = np.clip(np.ceil(pos).astype(int), 1, n - 1)      # first midpoint at or above p
+        t = np.clip(pos - (k - 1), 0.0, 1.0)
+        return v[:, k - 1] + t * (v[:, k] - v[:, k - 1])
     order = np.argsort(values, axis=1)
     v = np.take_along_axis(values, order, axis=1)
     w = np.exp(np.take_along_axis(log_w, order, axis=1))
@@ -535,10 +549,9 @@ def _fit_fast(prob, net, rows, dst, n_draws, n_samples, rng, out):
     for name in ("av", "log_metallicity"):
         if name in prob.fit_names:
             vals[name] = theta_fit[..., prob.fit_names.index(name)]
-    flat = np.zeros((R, n_draws))
     for q in QUANTITIES:
         if q in vals:
-            out[q][dst] = weighted_quantiles(vals[q], flat)
+            out[q][dst] = weighted_quantiles(vals[q], None)
     # one emulator call per pixel at the median shape parameters for chi2 and the model
     med = np.median(theta_fit, axis=1)
     theta = np.empty((R, len(P)))
@@ -599,7 +612,8 @@ def fit_photometry(flux, error, filters: Sequence[str], redshift, *, valid=None,
                    emulator=None, network=None, n_draws: int = 128, error_floor: float = 0.05,
                    emulator_sigma: bool = True, mass_range=(0.0, 13.0), redshift_sigma=None,
                    ess_target: float = 50.0, n_samples: int = 0, seed=0, chunk_size: int = 256,
-                   nlive: int = 200, max_rounds: int = 4, n_workers: int | None = 1, progress: bool | None = None) -> dict:
+                   nlive: int = 200, max_rounds: int = 4, n_workers: int | None = 1, progress: bool | None = None,
+                   first_chunk: int = 0) -> dict:
     """Fit N photometric measurements; see the module docstring.
 
     Parameters
@@ -623,6 +637,9 @@ def fit_photometry(flux, error, filters: Sequence[str], redshift, *, valid=None,
     n_workers : processes (chunks are independent; every chunk has its own random stream
         seeded by ``(seed, chunk index)``, so results do not depend on ``n_workers``).
     progress : tqdm progress bar (default: when stderr is a terminal).
+    first_chunk : index of the first chunk's random stream: a caller fitting one large
+        set in several calls (``sedfit`` by blocks of rows) gives every call its own
+        streams.
 
     Returns
     -------
@@ -655,7 +672,7 @@ def fit_photometry(flux, error, filters: Sequence[str], redshift, *, valid=None,
     chunks = [todo[i:i + chunk_size] for i in range(0, todo.size, chunk_size)]
     settings = dict(method=method, n_draws=int(n_draws), ess_target=float(ess_target),
                     n_samples=int(n_samples), nlive=int(nlive), seed=seed, max_rounds=int(max_rounds))
-    tasks = [(i, rows) for i, rows in enumerate(chunks)]
+    tasks = [(int(first_chunk) + i, rows) for i, rows in enumerate(chunks)]
     func = functools.partial(_run_chunk, prob, net, settings)
     # each chunk's results are stored as they arrive (a serial run holds one chunk at a time)
     results = _parallel.parallel_imap(func, tasks, n_workers=n_workers, progress=progress,
