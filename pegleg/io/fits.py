@@ -58,8 +58,14 @@ def _file_label(path: Path, ext: Any = None) -> str:
     return f"{path}" if ext is None else f"{path} (extension {ext!r})"
 
 
-def _open_fits(path: Path):
-    """Open a FITS file fully into memory; any problem -> FileFormatError naming it."""
+def _open_fits(path: Path, memmap: bool = False):
+    """Open a FITS file; any problem -> FileFormatError naming it.
+
+    By default every HDU is read into memory now (and truncation detected).  With
+    ``memmap`` (mosaic cutouts) uncompressed image data stay memory-mapped: only the
+    pixels a cutout touches are read, so memory does not grow with the mosaic.  A
+    truncated file is still refused at once (its expected size exceeds the file's).
+    """
     from astropy.io import fits
     from astropy.utils.exceptions import AstropyUserWarning
 
@@ -67,17 +73,45 @@ def _open_fits(path: Path):
         raise FileFormatError(f"{path}: file not found")
     if path.is_dir():
         raise FileFormatError(f"{path}: is a folder, expected a FITS file")
+    hdul = None
     try:
-        # our own file handle, so that it is closed even when astropy fails half-way
-        with open(path, "rb") as fh, warnings.catch_warnings():
+        with warnings.catch_warnings():
             # astropy reports truncated or corrupt files as warnings; treat them as errors
             warnings.simplefilter("error", AstropyUserWarning)
-            hdul = fits.open(fh, memmap=False, lazy_load_hdus=False)
-            for hdu in hdul:
-                _ = hdu.data  # read everything into memory now (and detect truncation)
+            if memmap:
+                hdul = fits.open(path, memmap=True, lazy_load_hdus=False)
+                for hdu in hdul:
+                    _ = hdu.data  # maps the data (a truncated file fails here), reads nothing
+            else:
+                # our own file handle, so that it is closed even when astropy fails half-way
+                with open(path, "rb") as fh:
+                    hdul = fits.open(fh, memmap=False, lazy_load_hdus=False)
+                    for hdu in hdul:
+                        _ = hdu.data  # read everything into memory now (and detect truncation)
     except Exception as exc:  # OSError, VerifyError, warnings-as-errors, ...
+        if memmap and hdul is not None:
+            hdul.close()
         raise FileFormatError(f"{path}: not a readable FITS file ({type(exc).__name__}: {exc})") from None
     return hdul
+
+
+class _FileCache:
+    """Open FITS files of one ``open_stamps`` call, each opened once (memory-mapped for cutouts)."""
+
+    def __init__(self, memmap: bool = False):
+        self.memmap = memmap
+        self._files: dict[str, Any] = {}
+
+    def get(self, path: Path):
+        key = str(path.resolve()) if path.exists() else str(path)
+        if key not in self._files:
+            self._files[key] = _open_fits(path, memmap=self.memmap)
+        return self._files[key]
+
+    def close(self) -> None:
+        for hdul in self._files.values():
+            hdul.close()
+        self._files.clear()
 
 
 def _image_hdu(hdul, path: Path, ext: Any):
@@ -97,12 +131,9 @@ def _image_hdu(hdul, path: Path, ext: Any):
     return hdu
 
 
-def _read_image(ref: _HDURef, cache: dict) -> tuple[np.ndarray, Any]:
+def _read_image(ref: _HDURef, cache: _FileCache) -> tuple[np.ndarray, Any]:
     """(data, header) of an image HDU; 2-D (leading length-1 axes are dropped)."""
-    key = str(ref.path.resolve()) if ref.path.exists() else str(ref.path)
-    if key not in cache:
-        cache[key] = _open_fits(ref.path)
-    hdul = cache[key]
+    hdul = cache.get(ref.path)
     hdu = _image_hdu(hdul, ref.path, ref.ext)
     data = hdu.data
     while data.ndim > 2 and data.shape[0] == 1:
@@ -112,11 +143,8 @@ def _read_image(ref: _HDURef, cache: dict) -> tuple[np.ndarray, Any]:
     return data, hdu.header
 
 
-def _has_ext(ref: _HDURef, cache: dict, name: str) -> bool:
-    key = str(ref.path.resolve()) if ref.path.exists() else str(ref.path)
-    if key not in cache:
-        cache[key] = _open_fits(ref.path)
-    return any(h.name == name.upper() for h in cache[key])
+def _has_ext(ref: _HDURef, cache: _FileCache, name: str) -> bool:
+    return any(h.name == name.upper() for h in cache.get(ref.path))
 
 
 def _wcs(header: Any, label: str):
@@ -283,7 +311,7 @@ def _band_refs(source: Any) -> tuple[dict[str, dict[str, _HDURef | None]], Path 
     return refs, folder
 
 
-def _resolve_ext(ref: _HDURef, cache: dict) -> _HDURef:
+def _resolve_ext(ref: _HDURef, cache: _FileCache) -> _HDURef:
     """'?NAME' means: extension NAME if the file has one, else the first image HDU."""
     if isinstance(ref.ext, str) and ref.ext.startswith("?"):
         name = ref.ext[1:]
@@ -489,15 +517,15 @@ def open_stamps(source: Any, *, bands: Sequence[str] | None = None, psf: Any = N
 
     refs, folder = _band_refs(source)
     band_list = _select_bands(list(refs), bands, folder)
-    cache: dict = {}
+    # mosaics are memory-mapped: a cutout reads only its own pixels
+    cache = _FileCache(memmap=center is not None)
     try:
         return _open(refs, folder, band_list, cache, source=source, psf=psf, center=center, size=size,
                      matched_to=matched_to, missing_psf=missing_psf, redshift=redshift,
                      source_id=source_id, units=units, segmentation=segmentation,
                      pixel_scale=pixel_scale, psf_size=psf_size)
     finally:
-        for hdul in cache.values():
-            hdul.close()
+        cache.close()
 
 
 def _open(refs, folder, band_list, cache, *, source, psf, center, size, matched_to, missing_psf,
@@ -753,6 +781,8 @@ def _safe_wl(band: str) -> float:
 
 
 def _cutout(s_data, e_data, seg_data, w, center, size, band, label):
+    """Cut SCI/ERR/SEG around ``center``; only the cutout is copied (and converted to
+    native float64 / int64), so memory-mapped mosaics are never read in full."""
     from astropy.coordinates import SkyCoord
     from astropy.nddata import Cutout2D
     from astropy.nddata.utils import NoOverlapError
@@ -760,19 +790,27 @@ def _cutout(s_data, e_data, seg_data, w, center, size, band, label):
     if isinstance(center, SkyCoord) and w is None:
         raise SchemaError(f"{label}: center is a sky position but the file has no celestial WCS")
     _check_cutout_size(size, w, band)
-    if seg_data is not None:
-        seg_data = schema.check_labels(seg_data, f"{label}: SEG")
+
+    def cut(data):
+        if data.dtype.kind not in "fc":  # integer or bool flux maps: the NaN fill needs floats
+            data = np.asarray(data, dtype=np.float64)
+        return Cutout2D(data, fill_value=np.nan, copy=True, **kw)
+
     try:
         kw = dict(position=center, size=size, wcs=w, mode="partial")
-        cs = Cutout2D(np.asarray(s_data, dtype=np.float64), fill_value=np.nan, **kw)
-        ce = Cutout2D(np.asarray(e_data, dtype=np.float64), fill_value=np.nan, **kw)
-        cg = None if seg_data is None else Cutout2D(seg_data.astype(np.int64), fill_value=0, **kw)
+        cs = cut(s_data)
+        ce = cut(e_data)
+        cg = None if seg_data is None else Cutout2D(seg_data, fill_value=0, copy=True, **kw)
     except NoOverlapError:
         raise SchemaError(f"band {band!r}: center {center} lies outside the image {label}") from None
     except (ValueError, TypeError) as exc:
         raise SchemaError(f"band {band!r}: cannot cut out center={center}, size={size} from {label} ({exc})") from None
+    seg = None
+    if cg is not None:
+        seg = schema.check_labels(cg.data, f"{label}: SEG").astype(np.int64)
     pos = cs.position_cutout  # (x, y)
-    return cs.data, ce.data, (None if cg is None else cg.data), cs.wcs, (int(round(pos[1])), int(round(pos[0])))
+    return (np.asarray(cs.data, dtype=np.float64), np.asarray(ce.data, dtype=np.float64), seg, cs.wcs,
+            (int(round(pos[1])), int(round(pos[0]))))
 
 
 def _check_cutout_size(size, w, band) -> None:
