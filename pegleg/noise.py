@@ -13,7 +13,8 @@ bands.  A per-pixel SED likelihood needs the per-pixel noise, so
 
 (sky = unmasked, outside every segment grown by 4 pixels, the deconvolution residual when present, else
 the image minus its median; robust rms = 1.4826 x median absolute deviation after 3-sigma
-clipping) and records the factor in ``error_scale`` (band).  Sums of pixels (bins,
+clipping) and records the factor in ``error_scale`` (band; calibrating again multiplies it, so
+it stays the total factor applied to the input errors).  Sums of pixels (bins,
 apertures) of smoothed images have *larger* errors than the quadrature sum of these
 per-pixel errors: see the correlated-noise note of ``ds.pegleg.bin``.
 """
@@ -100,7 +101,9 @@ def calibrate_errors(ds: xr.Dataset, *, sky=None, min_pixels: int = 50) -> xr.Da
     out = ds.copy()
     out[S.ERROR] = ds[S.ERROR] * xr.DataArray(factors, dims=S.BAND)
     out[S.ERROR].attrs = dict(ds[S.ERROR].attrs)
-    out[ERROR_SCALE] = xr.DataArray(factors, dims=S.BAND, attrs={"units": "1", "long_name": S.VARIABLES[ERROR_SCALE][2]})
+    # a second calibration multiplies: error_scale stays the total factor applied to the input errors
+    total = factors * (ds[ERROR_SCALE].values if ERROR_SCALE in ds else 1.0)
+    out[ERROR_SCALE] = xr.DataArray(total, dims=S.BAND, attrs={"units": "1", "long_name": S.VARIABLES[ERROR_SCALE][2]})
     return S.append_history(out, "calibrate_errors", {"factors": dict(zip(map(str, ds[S.BAND].values),
                                                                             np.round(factors, 5).tolist())),
                                                       "sky_pixels": int(sky.sum())})

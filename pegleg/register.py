@@ -48,7 +48,6 @@ reference.  If a band's galaxy sits at ``x = 30.4`` and the reference's at ``x =
 from __future__ import annotations
 
 import warnings
-from typing import Any
 
 import numpy as np
 import xarray as xr

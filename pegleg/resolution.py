@@ -24,7 +24,6 @@ means the recipe treats the bands alike; a slope is a colour gradient the recipe
 
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -157,7 +156,6 @@ def resolution_test(ds: xr.Dataset, short: str = "F150W", long: str = "F444W", *
     points = _point_source_dataset(pair, [short, long], point_snr, seed)
     region, _ = S.source_region(pair)
 
-    out: dict[str, Any] = {}
     ratios, prof_s, prof_l, frac_pt, frac_gal, bias, flat = [], [], [], [], [], [], []
     r50_long = None
     radius = None

@@ -13,6 +13,11 @@ pytestmark = pytest.mark.skipif(not (_DATA_DIR / "default_emulator.npz").exists(
 
 def test_loads_and_has_the_api():
     emu = load_emulator("default")
+    # bundled files are named by their bundled name, never by this machine's install path
+    assert emu.name == "default"
+    from pegleg.sed import load_posterior_network
+
+    assert load_posterior_network("default").name == "default"
     assert "log_mass_formed" in emu.param_names and "redshift" in emu.param_names
     assert {"F090W", "F150W", "F444W", "F814W", "F435W"} <= set(emu.filters)
     assert emu.sigma.shape == (len(emu.filters),) and np.all(emu.sigma > 0)

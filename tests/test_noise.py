@@ -27,6 +27,11 @@ def test_calibrate_errors_recovers_the_true_noise(wrong):
     np.testing.assert_allclose(out["error"].values, true_err, rtol=0.05)
     assert out.pegleg.history[-1]["step"] == "calibrate_errors"
     assert bad["error"].values[0, 0, 0] == pytest.approx(true_err[0, 0, 0] * wrong)  # input untouched
+    # calibrating again changes (almost) nothing and error_scale stays the total factor
+    again = calibrate_errors(out)
+    np.testing.assert_allclose(again["error_scale"].values, 1 / wrong, rtol=0.05)
+    ratio = again["error"].values / bad["error"].values
+    np.testing.assert_allclose(ratio[:, 0, 0], again["error_scale"].values, rtol=1e-12)
 
 
 def test_calibrate_errors_bad_sky():

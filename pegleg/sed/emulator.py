@@ -751,7 +751,9 @@ def load_emulator(name="default", *, trust: bool = False) -> BaseEmulator:
                     f"emulator file to load_emulator")
             raise EmulatorError(
                 f"no bundled emulator called {name!r} (looked for {path}); pass a file path")
-        return _read_npz(path)
+        emu = _read_npz(path)
+        emu.name = name          # bundled: its name, not this machine's install path (history, attrs)
+        return emu
     path = Path(name)
     if path.suffix == ".npy":
         from .parrot import load_parrot
