@@ -2,7 +2,7 @@
 
 Run::
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_sedfit.py [--n 10000] [--nested 10] [--memory 1000000]
+    OMP_NUM_THREADS=1 python benchmarks/bench_sedfit.py [--n 10000] [--nested 10]
 
 Synthetic pixels drawn from the emulator's prior (19 JOF bands, redshift 2 unless
 ``--redshift``), fluxes from the emulator, Gaussian noise with reference-band (F444W)
@@ -12,19 +12,14 @@ the posterior machinery.  In the same run: the importance-sampling fitter (defau
 method), the fast (amortised-only) mode and per-pixel nested sampling (dynesty, the
 baseline) on the first ``--nested`` pixels; prints pixels/s, the speed ratio, the ESS
 distribution, 68% coverage and bias (mass, SFR100, A_V), and the median differences
-to the nested reference.  ``--memory N`` fits N pixels in a child process (fast mode
-unless ``--memory-method importance``) and reports its peak RSS.  BLAS is limited to
-one thread; ``--workers`` processes.
+to the nested reference.  BLAS is limited to one thread; ``--workers`` processes.
+Peak memory for 1e5 and 1e6 pixels (fitted block by block into a file) is measured by
+``benchmarks/bench_memory.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import resource
-import subprocess
-import sys
-import time
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -52,28 +47,6 @@ def report(name, res, sim, sel=None):
     print(f"  {name}: " + "; ".join(rows))
 
 
-def child_memory(args) -> None:
-    emu = load_emulator()
-    n = args.memory
-    chunk = 100_000
-    # simulate in chunks so the input itself is the only O(N) memory
-    flux = np.empty((n, len(JOF_FILTERS)))
-    error = np.empty_like(flux)
-    for i in range(0, n, chunk):
-        m = min(chunk, n - i)
-        s = simulate_photometry(emu, JOF_FILTERS, m, redshift=args.redshift, snr=(5.0, 100.0),
-                                depth_scatter=0.2, seed=i)
-        flux[i:i + m], error[i:i + m] = s["flux"], s["error"]
-    t0 = time.perf_counter()
-    with threadpool_limits(1):
-        r = fit_photometry(flux, error, JOF_FILTERS, args.redshift, method=args.memory_method, emulator=emu,
-                           n_workers=1, progress=False)
-    dt = time.perf_counter() - t0
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
-    print(json.dumps({"n": n, "seconds": dt, "peak_rss_gb": rss, "input_gb": 2 * flux.nbytes / 1e9,
-                      "fitted": int(np.isfinite(r["log_stellar_mass"][:, 1]).sum())}))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=10_000)
@@ -82,19 +55,7 @@ def main() -> None:
     ap.add_argument("--redshift", type=float, default=2.0)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--draws", type=int, default=128)
-    ap.add_argument("--memory", default="0", help="pixels for the peak-memory run(s), comma-separated (0 = skip)")
-    ap.add_argument("--memory-method", default="fast")
-    ap.add_argument("--memory-only", action="store_true", help="only the peak-memory runs (--memory N[,N2...])")
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.child:
-        args.memory = int(args.memory)
-        child_memory(args)
-        return
-    sizes = [int(v) for v in str(args.memory).split(",") if int(v) > 0]
-    if args.memory_only:
-        _memory_runs(args, sizes)
-        return
     emu = load_emulator()
     net = load_posterior_network()
     sim = simulate_photometry(emu, JOF_FILTERS, args.n, redshift=args.redshift, snr=(5.0, 100.0),
@@ -127,23 +88,6 @@ def main() -> None:
             w = (r_nest[q][:, 2] - r_nest[q][:, 0]) / 2
             print(f"  median |importance - nested| {q}: {np.median(np.abs(d)):.3f} "
                   f"(max {np.max(np.abs(d)):.3f}; nested 1-sigma median {np.median(w):.3f})")
-    _memory_runs(args, sizes)
-
-
-def _memory_runs(args, sizes) -> None:
-    """Each size in a fresh child process; peak RSS (ru_maxrss) of the child."""
-    res = []
-    for n in sizes:
-        cmd = [sys.executable, __file__, "--child", "--memory", str(n), "--redshift", str(args.redshift),
-               "--memory-method", args.memory_method]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        m = json.loads(out.stdout.strip().splitlines()[-1])
-        res.append(m)
-        print(f"memory: {m['n']:,} pixels ({args.memory_method}) in {m['seconds']:.0f} s, peak RSS "
-              f"{m['peak_rss_gb']:.2f} GB (flux + error input {m['input_gb']:.2f} GB)")
-    if len(res) > 1:
-        print(f"peak RSS ratio {res[-1]['n']:,} / {res[0]['n']:,} pixels: "
-              f"{res[-1]['peak_rss_gb'] / res[0]['peak_rss_gb']:.2f}")
 
 
 if __name__ == "__main__":
