@@ -19,17 +19,24 @@ extensions = [
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
     "sphinx_autosummary_accessors",
-    "myst_parser",
+    "myst_nb",  # MyST markdown (bundles myst_parser) + the stored example notebooks
 ]
-source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
 templates_path = ["_templates", sphinx_autosummary_accessors.templates_path]
-exclude_patterns = ["_build", "**.ipynb_checkpoints"]
+# docs/examples is a relative symlink to ../examples (Sphinx follows it), so the executed
+# notebooks are pages of the docs without a second copy in git.  Their README is for
+# GitHub browsing; docs/tutorial.md says the same thing.
+exclude_patterns = ["_build", "**.ipynb_checkpoints", "examples/README.md"]
 autosummary_generate = True
 autodoc_typehints = "none"
 napoleon_numpy_docstring = True
 napoleon_google_docstring = False
 napoleon_use_rtype = False
 myst_heading_anchors = 3
+# The notebooks are stored executed (tests/test_examples.py checks it) and are rendered
+# with their saved outputs; the docs build never runs them (02 needs data outside the repo).
+nb_execution_mode = "off"
+nb_merge_streams = True
 html_theme = "alabaster"
 html_static_path = ["_static"]
 suppress_warnings = ["autosummary.import_cycle"]
