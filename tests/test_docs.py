@@ -41,3 +41,17 @@ def test_docs_build_without_warnings(tmp_path):
         images = re.findall(r'<img [^>]*src="\.\./_images/([^"]+\.png)"', text)
         assert images, f"no figure on the {name} page"
         assert all((html / "_images" / img).stat().st_size > 1000 for img in images)
+
+
+def test_included_files_exist():
+    """Every file a page includes (``{include}``, ``{literalinclude}``; the ``_generated/`` numbers
+    written by scripts among them) exists and is not empty: a quick check without Sphinx."""
+    pattern = re.compile(r"^\s*```\{(?:include|literalinclude)\}\s+(\S+)", re.MULTILINE)
+    refs = []
+    for page in sorted(DOCS.glob("*.md")) + sorted(DOCS.glob("_generated/*.md")):
+        for target in pattern.findall(page.read_text(encoding="utf-8")):
+            refs.append((page, target, (page.parent / target).resolve()))
+    generated = [r for r in refs if "_generated/" in r[1]]
+    assert len(generated) >= 10, generated  # the validation page alone includes more
+    missing = [f"{p.name}: {t}" for p, t, path in refs if not path.is_file() or path.stat().st_size == 0]
+    assert not missing, f"included files missing or empty: {missing}"
