@@ -82,6 +82,21 @@ Physical SEDs
     integrated mass-weighted values.  The maps cover the stamp; their sum is the total
     of the truncated model (``log_stellar_mass_total``, ``log_sfr100_total`` attrs)
     whenever the truncation radius lies inside the stamp (the default).
+SED gradients (single-population pixels)
+    With ``physical=True`` a bulge or disk dict may add ``"sed_outer"`` (emulator
+    parameters, as ``"sed"``; unset ones equal the central values) and
+    ``"gradient_radius"`` (arcsec, default 2 ``r_e``): the component's SED parameters
+    then go linearly in the *galaxy's* elliptical radius from ``"sed"`` at the centre to
+    ``"sed_outer"`` at ``gradient_radius`` and stay there beyond.  The component keeps
+    one mass profile (``log_mass`` formed, its Sersic shape); every sub-pixel of the
+    render grid gets the SED of its radius (a 257-step radial table of the emulator), so
+    each pixel is one stellar population up to the variation across the pixel.  With
+    ``disk=False`` the galaxy has a colour and M/L gradient *without* composite pixels
+    (the bulge + disk default mixes two populations in every pixel, which biases
+    single-population pixel fits: outshining).  The truth maps, ``component_flux`` and
+    the component's ``<name>_log_stellar_mass`` ... attributes integrate the gradient;
+    ``<name>_sed_params`` holds the central and ``<name>_sed_params_outer`` the outer
+    parameters, ``<name>_gradient_radius`` the radius.
 Colour gradients
     Sizes scale with wavelength as ``r_e(lambda) = r_e * (lambda / 4.44 um)^-alpha``,
     so blue bands are more extended; with the default bulge fraction rising to the
@@ -248,7 +263,9 @@ PHYSICAL_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 #: Floor applied to per-pixel stellar masses (Msun) and SFRs (Msun/yr) before log10.
 PHYSICAL_FLOOR = 1e-30
-_PHYS_KEYS = ("log_mass", "sed")
+_PHYS_KEYS = ("log_mass", "sed", "sed_outer", "gradient_radius")
+#: Quantities of a component's radial SED-gradient table besides the band fluxes.
+_GRADIENT_DERIVED = ("log_stellar_mass", "log_sfr100", "log_sfr10", "log_age_mw", "av")
 
 
 # ---------------------------------------------------------------------------
@@ -375,6 +392,67 @@ def _sed_vector(slot: str, phys: Mapping[str, Any], emulator: Any, redshift: flo
             what = "log_mass" if n == "log_mass_formed" else "redshift" if n == "redshift" else f"sed[{n!r}]"
             raise SchemaError(f"{slot}.{what}: {v:.6g} is outside the emulator's bounds [{lo:g}, {hi:g}]")
     return vec, log_mass, sed
+
+
+@dataclasses.dataclass
+class _GradientTable:
+    """A component's SED as a function of galaxy elliptical radius (a table on ``r``, pixels).
+
+    ``flux`` (r, band) and ``derived`` (name -> (r,)) are the emulator's values for a formed
+    mass of 10**``_GRADIENT_REF_MASS``; ``mass_scale`` converts to the component's mass.
+    """
+
+    r: np.ndarray
+    flux: np.ndarray
+    derived: dict[str, np.ndarray]
+    mass_scale: float
+    outer: np.ndarray
+    radius: float
+
+    def weighted(self, func: Callable, column: np.ndarray) -> Callable:
+        """``func`` (a render-level profile) times ``column`` interpolated at each sub-pixel's radius."""
+        def out(lev):
+            return func(lev) * np.interp(lev.r_gal, self.r, column)
+        return out
+
+    def truth_columns(self) -> dict[str, np.ndarray]:
+        """Per unit of the profile: surviving mass, SFRs, mass x age and mass x A_V."""
+        m = 10.0 ** self.derived["log_stellar_mass"]
+        return {"mass": m, "sfr100": 10.0 ** self.derived["log_sfr100"], "sfr10": 10.0 ** self.derived["log_sfr10"],
+                "age_w": m * 10.0 ** self.derived["log_age_mw"], "av_w": m * self.derived["av"]}
+
+
+_GRADIENT_REF_MASS = 10.0
+_GRADIENT_STEPS = 257
+
+
+def _gradient_table(slot: str, phys: Mapping[str, Any], comp: Component, centre_vec: np.ndarray, emulator: Any,
+                    bands: list[str], redshift: float, rt: float, ps: float) -> _GradientTable:
+    """The radial SED table of a component with ``sed_outer`` (module docstring, "SED gradients")."""
+    names = list(emulator.param_names)
+    if comp.alpha != 0:
+        raise SchemaError(f"{slot}: a radial SED gradient (sed_outer) needs alpha=0 (one mass profile)")
+    outer_given = phys.get("sed_outer", {})
+    if not isinstance(outer_given, Mapping):
+        raise SchemaError(f"{slot}.sed_outer: expected a dict of emulator parameters, got {type(outer_given).__name__}")
+    base = dict(phys.get("sed") or {})
+    outer_vec, _, _ = _sed_vector(slot, {"log_mass": phys.get("log_mass", PHYSICAL_DEFAULTS[slot]["log_mass"]),
+                                         "sed": {**base, **outer_given}}, emulator, redshift)
+    radius = _finite(phys.get("gradient_radius", 2.0 * comp.r_e), f"{slot}.gradient_radius", positive=True)
+    r = np.linspace(0.0, rt * 1.05 + 2.0, _GRADIENT_STEPS)            # pixels (galaxy elliptical radius)
+    t = np.clip(r * ps / radius, 0.0, 1.0)[:, None]
+    table = centre_vec[None, :] + t * (outer_vec - centre_vec)[None, :]
+    ilm = names.index("log_mass_formed")
+    table[:, ilm] = _GRADIENT_REF_MASS
+    try:
+        flux, der = emulator.evaluate(table, list(bands))
+    except EmulatorError as exc:
+        raise SchemaError(f"{slot}: the emulator cannot evaluate the SED gradient: {exc}") from exc
+    flux = np.asarray(flux, dtype=float).reshape(len(r), len(bands))
+    derived = {key: np.asarray(der.get(key, np.nan), dtype=float) * np.ones(len(r)) for key in _GRADIENT_DERIVED}
+    if not np.all(np.isfinite(flux)) or not all(np.all(np.isfinite(v)) for v in derived.values()):
+        raise SchemaError(f"{slot}: the emulator gives non-finite values along the SED gradient")
+    return _GradientTable(r, flux, derived, 10.0 ** (centre_vec[ilm] - _GRADIENT_REF_MASS), outer_vec, radius)
 
 
 def _per_band(value: Any, bands: list[str], name: str, *, positive: bool) -> np.ndarray:
@@ -598,7 +676,8 @@ def galaxy(
         (dict of emulator parameters other than ``log_mass_formed``/``redshift``;
         missing ones take :data:`PHYSICAL_DEFAULTS`), but not ``"flux"``/``"slope"``
         (a :class:`Component`'s ``flux`` and ``slope`` are ignored); ``alpha`` then
-        defaults to 0.
+        defaults to 0.  ``"sed_outer"`` and ``"gradient_radius"`` give the component a
+        radial SED gradient (module docstring, "SED gradients").
     clumps : int, dict or Clumps
         Number of clumps, or their parameters (:class:`Clumps`).  With
         ``physical=True`` a dict may hold ``"log_mass"`` (mean formed mass of *one*
@@ -796,6 +875,15 @@ def galaxy(
         if not np.all(np.isfinite(derived["log_stellar_mass"])):
             raise SchemaError("physical: the emulator gives no finite log_stellar_mass for these components")
         fluxes[:] = flux_ujy * factor
+        gradients = {k: _gradient_table(comp_slots[k], phys_spec[comp_slots[k]], comps[k], theta[k], emu, blist,
+                                        z_phys, rt, ps)
+                     for k, name in enumerate(comp_names)
+                     if name != "clumps" and ("sed_outer" in phys_spec[comp_slots[k]]
+                                              or "gradient_radius" in phys_spec[comp_slots[k]])}
+        if "sed_outer" in phys_clumps or "gradient_radius" in phys_clumps:
+            raise SchemaError("clumps: 'sed_outer'/'gradient_radius' apply to the bulge and disk only")
+    else:
+        gradients = {}
     for k, name in enumerate(comp_names if not physical else []):
         if sed is not None:
             f = np.asarray(sed(name, list(blist), wl.copy()), dtype=float).ravel()
@@ -842,16 +930,44 @@ def galaxy(
             img, hist = grid.render(func)
             total = img.sum()
             render_err = max(render_err, abs(total / analytic - 1.0))
-            scale = fluxes[k, j] / total if total > 0 else 0.0
+            if k in gradients:
+                # per-pixel SEDs: the mass profile times the SED of its radius, integrated per pixel
+                gt = gradients[k]
+                img, hist = grid.render(gt.weighted(func, gt.flux[:, j]))
+                scale = gt.mass_scale * factor / total if total > 0 else 0.0
+                fluxes[k, j] = img.sum() * scale
+            else:
+                scale = fluxes[k, j] / total if total > 0 else 0.0
             comp_pad[k, j] = img * scale
             hist_tot[j] += hist * scale
             if physical and j == 0 and achromatic[k] and total > 0:
-                prof_pad[k] = img / total
+                prof_pad[k] = grid.render(func)[0] / total if k in gradients else img / total
     if physical:
         for k in range(nc):
             if not achromatic[k]:
                 img, _ = grid.render(profile(k, REFERENCE_WAVELENGTH)[0])
                 prof_pad[k] = img / img.sum()
+        # per component: (y, x) maps of surviving mass, SFRs and mass x age / A_V (padded grid)
+        comp_maps = []
+        for k in range(nc):
+            if k in gradients:
+                func, _ = profile(k, REFERENCE_WAVELENGTH)
+                norm = grid.render(func)[0].sum()
+                comp_maps.append({key: grid.render(gradients[k].weighted(func, col))[0] * gradients[k].mass_scale / norm
+                                  for key, col in gradients[k].truth_columns().items()})
+            else:
+                m = 10.0 ** derived["log_stellar_mass"][k]
+                comp_maps.append({"mass": m * prof_pad[k], "sfr100": 10.0 ** derived["log_sfr100"][k] * prof_pad[k],
+                                  "sfr10": 10.0 ** derived["log_sfr10"][k] * prof_pad[k],
+                                  "age_w": m * 10.0 ** derived["log_age_mw"][k] * prof_pad[k],
+                                  "av_w": m * derived["av"][k] * prof_pad[k]})
+            tot = {key: float(v.sum()) for key, v in comp_maps[-1].items()}
+            if k in gradients:   # the component's integrated values follow from its maps
+                derived["log_stellar_mass"][k] = math.log10(tot["mass"])
+                derived["log_sfr100"][k] = math.log10(max(tot["sfr100"], PHYSICAL_FLOOR))
+                derived["log_sfr10"][k] = math.log10(max(tot["sfr10"], PHYSICAL_FLOOR))
+                derived["log_age_mw"][k] = math.log10(tot["age_w"] / tot["mass"])
+                derived["av"][k] = tot["av_w"] / tot["mass"]
 
     intrinsic_pad = comp_pad.sum(axis=0)
     sl = (slice(h, h + ny), slice(h, h + nx))
@@ -945,7 +1061,8 @@ def galaxy(
         },
     )
     if physical:
-        truth = _physical_truth(truth, emu, theta, derived, prof_pad[:, sl[0], sl[1]], comp_names, z_phys, ps)
+        truth = _physical_truth(truth, emu, theta, derived, prof_pad[:, sl[0], sl[1]], comp_names, z_phys, ps,
+                                [{key: v[sl] for key, v in cm.items()} for cm in comp_maps], gradients)
     params["runtime_s"] = round(time.perf_counter() - t_start, 4)
     truth = schema.append_history(truth, "synth.galaxy", params)
     return observed, truth
@@ -971,27 +1088,35 @@ def _cosmo_name() -> str:
 
 
 def _physical_truth(truth: xr.Dataset, emu: Any, theta: np.ndarray, derived: Mapping[str, np.ndarray],
-                    prof: np.ndarray, comp_names: list[str], redshift: float, ps: float) -> xr.Dataset:
-    """Add the physical (y, x) maps and attributes to ``truth`` (module docstring, "Physical SEDs")."""
+                    prof: np.ndarray, comp_names: list[str], redshift: float, ps: float,
+                    comp_maps: list[dict[str, np.ndarray]], gradients: Mapping[int, Any]) -> xr.Dataset:
+    """Add the physical (y, x) maps and attributes to ``truth`` (module docstring, "Physical SEDs").
+
+    ``comp_maps[k]`` holds component ``k``'s stamp maps of surviving mass ``mass``, ``sfr100``,
+    ``sfr10``, and mass x age (``age_w``, yr) and mass x A_V (``av_w``); ``derived`` its totals.
+    """
     from .cosmology import kpc_per_arcsec as _kpa
 
     kpc_per_arcsec = _kpa(redshift)
     area = (ps * kpc_per_arcsec) ** 2
     mass_c = 10.0 ** derived["log_stellar_mass"]
     sfr100_c = 10.0 ** derived["log_sfr100"]
-    sfr10_c = 10.0 ** derived["log_sfr10"]
     age_c, av_c = derived["log_age_mw"], derived["av"]
 
-    mass = np.tensordot(mass_c, prof, axes=1)
+    def total(key):
+        return np.sum([cm[key] for cm in comp_maps], axis=0)
+
+    mass = total("mass")
     mass_f = np.maximum(mass, PHYSICAL_FLOOR)
-    sfr100_f = np.maximum(np.tensordot(sfr100_c, prof, axes=1), PHYSICAL_FLOOR)
-    sfr10_f = np.maximum(np.tensordot(sfr10_c, prof, axes=1), PHYSICAL_FLOOR)
+    sfr100_f = np.maximum(total("sfr100"), PHYSICAL_FLOOR)
+    sfr10_f = np.maximum(total("sfr10"), PHYSICAL_FLOOR)
     has = mass > PHYSICAL_FLOOR
-    w = mass_c[:, None, None] * prof / np.where(has, mass, 1.0)
     age_int = math.log10(float(np.sum(mass_c * 10.0 ** age_c) / np.sum(mass_c)))
     av_int = float(np.sum(mass_c * av_c) / np.sum(mass_c))
-    age = np.where(has, np.log10(np.maximum(np.tensordot(10.0 ** age_c, w, axes=1), PHYSICAL_FLOOR)), age_int)
-    av = np.where(has, np.tensordot(av_c, w, axes=1), av_int)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        age = np.where(has, np.log10(np.maximum(total("age_w") / np.where(has, mass, 1.0), PHYSICAL_FLOOR)),
+                       age_int)
+        av = np.where(has, total("av_w") / np.where(has, mass, 1.0), av_int)
 
     Yd, Xd = schema.Y, schema.X
     maps = {
@@ -1032,5 +1157,8 @@ def _physical_truth(truth: xr.Dataset, emu: Any, theta: np.ndarray, derived: Map
         attrs[f"{name}_log_mass_formed"] = float(theta[k, ilm])
         for key in ("log_stellar_mass", "log_sfr100", "log_sfr10", "log_age_mw", "av"):
             attrs[f"{name}_{key}"] = float(derived[key][k])
+        if k in gradients:
+            attrs[f"{name}_sed_params_outer"] = np.asarray(gradients[k].outer, dtype=np.float64)
+            attrs[f"{name}_gradient_radius"] = float(gradients[k].radius)
     out.attrs.update(attrs)
     return out

@@ -205,3 +205,66 @@ def test_physical_keys_need_physical():
         synth.galaxy(BANDS, shape=(17, 17), bulge={"log_mass": 10.0})
     with pytest.raises(SchemaError, match="physical=True"):
         synth.galaxy(BANDS, shape=(17, 17), emulator="default")
+
+
+OLD = {"av": 0.8, "log_metallicity": 0.0, **{f"dsfr{k}": -0.4 for k in range(1, 7)}}
+YOUNG = {"av": 0.1, "log_metallicity": -1.0, **{f"dsfr{k}": 0.2 for k in range(1, 7)}}
+
+
+@pytest.fixture(scope="module")
+def gradient(emu):
+    """One exponential component whose SED goes from old/dusty/metal-rich at the centre to
+    young/clear/metal-poor at 0.25" (galaxy elliptical radius): single-population pixels."""
+    comp = {"log_mass": 10.5, "n": 1.0, "r_e": 0.12, "sed": OLD, "sed_outer": YOUNG, "gradient_radius": 0.25}
+    return synth.galaxy(BANDS, shape=(41, 41), physical=True, emulator=emu, noise=False, redshift=2.0,
+                        bulge=comp, disk=False)[1]
+
+
+def test_sed_gradient_pixels_are_single_populations(gradient, emu):
+    t = gradient
+    names = list(emu.param_names)
+    centre, outer = t.attrs["bulge_sed_params"], t.attrs["bulge_sed_params_outer"]
+    assert dict(zip(names, outer))["av"] == 0.1 and dict(zip(names, centre))["av"] == 0.8
+    assert t.attrs["bulge_gradient_radius"] == 0.25
+    # a pixel well beyond the gradient radius: exactly the outer SED at the pixel's formed mass
+    prof = t["component_profile"].values[0]
+    y, x = 20, 36                                            # ~0.45" from the centre along x
+    th = np.array(outer, dtype=float)
+    th[names.index("log_mass_formed")] = 10.0                # the emulator scales exactly with mass
+    dm = t.attrs["bulge_log_mass_formed"] + np.log10(prof[y, x]) - 10.0
+    flux, der = emu.evaluate(th[None], BANDS)
+    np.testing.assert_allclose(t["image"].values[:, y, x], flux[0] * 10.0 ** dm, rtol=2e-3)
+    assert t["log_stellar_mass"].values[y, x] == pytest.approx(float(der["log_stellar_mass"][0]) + dm, abs=2e-3)
+    assert t["av"].values[y, x] == pytest.approx(float(der["av"][0]), abs=1e-6)   # the emulator's derived A_V
+    # the centre: the central SED (pixel-integrated over a slowly varying gradient)
+    cy, cx = int(round(t.attrs["centre_y"])), int(round(t.attrs["centre_x"]))
+    thc = np.array(centre, dtype=float)
+    av_centre = float(emu.evaluate(thc[None], BANDS)[1]["av"][0])
+    assert av_centre == pytest.approx(0.8, abs=0.05)
+    # the central pixel (the centre is 0.3, -0.2 px off its middle) spans radii 0-1.2 px
+    th12 = thc + min(1.2 * 0.03 / 0.25, 1.0) * (np.asarray(outer) - thc)
+    av_12 = float(emu.evaluate(th12[None], BANDS)[1]["av"][0])
+    assert av_12 < t["av"].values[cy, cx] < av_centre
+    col = -2.5 * np.log10(t["image"].sel(band="F150W") / t["image"].sel(band="F444W")).values
+    assert col[cy, cx] > col[y, x] + 1.5                      # red centre, blue outskirts
+    # bookkeeping: component flux = its image, mass total = sum of the mass map (all inside the stamp)
+    np.testing.assert_allclose(t["component_flux"].values[0], t["component_image"].values[0].sum(axis=(1, 2)),
+                               rtol=1e-12)
+    assert np.log10(np.sum(10.0 ** t["log_stellar_mass"].values)) == pytest.approx(
+        t.attrs["log_stellar_mass_total"], abs=1e-9)
+    # the F444W half-light radius exceeds the mass one (young, low-M/L outskirts)
+    assert float(t["r50"].sel(band="F444W")) > float(t["r50"].sel(band="F115W")) * 0.5
+
+
+@pytest.mark.parametrize("comp, match", [
+    ({"sed_outer": {"tau": 1.0}}, "tau"),
+    ({"sed_outer": {"av": 9.0}}, "bounds"),
+    ({"sed_outer": [1, 2]}, "dict"),
+    ({"sed_outer": {"av": 0.1}, "gradient_radius": -1.0}, "gradient_radius"),
+    ({"sed_outer": {"av": 0.1}, "alpha": 0.3}, "alpha=0"),
+])
+def test_sed_gradient_errors(emu, comp, match):
+    with pytest.raises(SchemaError, match=match):
+        synth.galaxy(BANDS, physical=True, emulator=emu, shape=(17, 17), redshift=2.0, bulge=comp)
+    with pytest.raises(SchemaError, match="clumps"):
+        synth.galaxy(BANDS, physical=True, emulator=emu, shape=(17, 17), redshift=2.0, clumps={"sed_outer": {}})
