@@ -13,12 +13,14 @@ equivalent is ``pegleg run CATALOG --config CONFIG.toml --out DIR``.
 
 Execution
     Each galaxy is one task on ``dask.distributed``: by default a
-    ``LocalCluster(n_workers=2, threads_per_worker=1, processes=True)``, or an existing
+    ``LocalCluster(n_workers=2, threads_per_worker=1, processes=True)`` with the
+    workers' statistical profiler off (:func:`local_cluster`), or an existing
     scheduler (``scheduler="tcp://host:8786"``).  Inside a task every step runs serially
     with one BLAS/OpenMP thread (parallelism comes from the workers).  At most a few
-    tasks per worker are in flight and results are gathered as they complete, so the
-    driver's memory does not grow with the catalogue (Datasets never leave the workers;
-    only the summary rows do).
+    tasks per worker are in flight, results are gathered as they complete and every
+    task has the same task prefix, so neither the driver's (scheduler's) nor the
+    workers' memory grows with the catalogue (Datasets never leave the workers; only
+    the summary rows do, ~4 KiB each).
 Failures
     Any exception of one galaxy (a position outside the mosaics, a band without PSF, a
     worker killed by the operating system, ...) becomes ``status="error"`` with the
@@ -119,8 +121,8 @@ import numpy as np
 
 from .exceptions import FileFormatError, PeglegError, SchemaError
 
-__all__ = ["Config", "read_catalog", "process_galaxy", "run_catalog", "summarize", "safe_id", "write_summary",
-           "counts_line", "CONFIG_VERSION", "SUMMARY_COLUMNS"]
+__all__ = ["Config", "read_catalog", "process_galaxy", "run_catalog", "local_cluster", "summarize", "safe_id",
+           "write_summary", "counts_line", "CONFIG_VERSION", "SUMMARY_COLUMNS", "WORKER_CONFIG"]
 
 #: The configuration format version this module reads.
 CONFIG_VERSION = 1
@@ -134,6 +136,7 @@ MIN_STAMP = 15
 _MAX_STAMP = 4097
 _ID_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 _PIPELINE_STEP = "pipeline"
+_TASK_PREFIX = "pegleg-galaxy"
 
 _Q = ("p16", "p50", "p84")
 #: Columns of the summary table, in order.
@@ -1002,18 +1005,50 @@ def write_summary(df, output_dir: str | os.PathLike) -> Path:
     return csv
 
 
+#: dask settings of the workers of :func:`local_cluster`: no statistical profiler.
+WORKER_CONFIG = {"distributed.worker.profile.enabled": False}
+
+
+def local_cluster(n_workers: int = 2, *, profile: bool = False, **kwargs: Any):
+    """The ``distributed.LocalCluster`` that :func:`run_catalog` starts by default.
+
+    ``n_workers`` worker processes (``processes=True``) with one thread and one
+    BLAS/OpenMP thread each (parallelism comes from the workers), the dashboard on a
+    free port, and the workers' statistical profiler off (:data:`WORKER_CONFIG`)
+    unless ``profile=True``.  Why off: a dask worker keeps the call-tree profile of
+    every one-second cycle for the last 1,000 cycles
+    (``distributed.admin.low-level-log-length``), which for the deep call stacks of
+    the pegleg chain is ~0.3-0.4 MiB per second of work per worker, so a worker's
+    memory grew with the number of galaxies processed (peak RSS 330 MiB after 20 and
+    382 MiB after 100 galaxies, ``benchmarks/bench_catalog.py --profiler``; 291 and
+    293 MiB without it) and would level off only after ~17 minutes, 300-400 MiB
+    higher.  ``profile=True`` keeps it (the dashboard's "Profile" page needs it).
+    Other keyword arguments go to ``LocalCluster`` and override these defaults.
+    Close the cluster when done (or use it as a context manager).
+    """
+    try:
+        import dask
+        from distributed import LocalCluster
+    except ImportError:
+        raise PeglegError("run_catalog needs dask.distributed: pip install 'pegleg[pipeline]'") from None
+    opts = {"n_workers": int(n_workers), "threads_per_worker": 1, "processes": True, "dashboard_address": ":0",
+            "env": {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}}
+    opts.update(kwargs)
+    # the nannies hand the configuration of this moment to the worker processes
+    with dask.config.set({} if profile else WORKER_CONFIG):
+        return LocalCluster(**opts)
+
+
 def _client(scheduler: Any, n_workers: int | None):
     """(client, things to close)."""
     try:
-        from distributed import Client, LocalCluster
+        from distributed import Client
     except ImportError:
         raise PeglegError("run_catalog needs dask.distributed: pip install 'pegleg[pipeline]'") from None
     if isinstance(scheduler, Client):
         return scheduler, []
     if scheduler is None:
-        cluster = LocalCluster(n_workers=int(n_workers or 2), threads_per_worker=1, processes=True,
-                               dashboard_address=":0",
-                               env={"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+        cluster = local_cluster(int(n_workers or 2))
         client = Client(cluster)
         return client, [client, cluster]
     try:
@@ -1039,8 +1074,12 @@ def run_catalog(catalog: Any, config: Any, *, scheduler: Any = None, n_workers: 
     config : Config, TOML path or mapping
     scheduler : str, distributed.Client or LocalCluster, optional
         Address of a running scheduler (``"tcp://host:8786"``) or a client/cluster to
-        use (left open).  Default: a new ``LocalCluster(n_workers=n_workers or 2,
-        threads_per_worker=1, processes=True)``, closed at the end.
+        use (left open).  Default: a new :func:`local_cluster` ``(n_workers or 2)``,
+        closed at the end.  Workers of your own cluster run dask's statistical
+        profiler unless started with :data:`WORKER_CONFIG` (e.g. environment variable
+        ``DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False``); with it their memory
+        grows by ~0.3-0.4 MiB per second of work for the first ~17 minutes
+        (:func:`local_cluster`).
     n_workers : int, optional
         Workers of the default LocalCluster.
     resume : bool
@@ -1083,8 +1122,11 @@ def run_catalog(catalog: Any, config: Any, *, scheduler: Any = None, n_workers: 
         index_of = {}
 
         def submit(i):
+            # one task prefix for all galaxies (a tuple key's prefix is its first element): with
+            # f"pegleg-{id}-..." keys, alphabetic ids each made a new prefix, kept by the scheduler
+            # for ever (~7 KiB each)
             fut = client.submit(process_galaxy, rows[i], config, resume=resume, pure=False,
-                                key=f"pegleg-{safe_id(rows[i]['id'])}-{os.urandom(4).hex()}")
+                                key=(_TASK_PREFIX, f"{safe_id(rows[i]['id'])}-{os.urandom(4).hex()}"))
             index_of[fut.key] = i
             return fut
 

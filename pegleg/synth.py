@@ -2,6 +2,9 @@
 
 :func:`galaxy` returns ``(observed, truth)``: ``observed`` is an ordinary stamp Dataset
 (:mod:`pegleg.schema`) and ``truth`` holds the intrinsic model it was made from.
+:func:`write_field` pastes many physical galaxies into per-band FITS mosaics and writes
+a catalogue, a truth table and a configuration for :func:`pegleg.pipeline.run_catalog`
+(``scripts/make_synthetic_field.py`` is its command line).
 
 Design choices
 ==============
@@ -149,6 +152,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -162,6 +166,8 @@ from .psf import models as _psf_models
 
 __all__ = [
     "galaxy",
+    "write_field",
+    "FIELD_BANDS",
     "Component",
     "Clumps",
     "DEFAULT_BULGE",
@@ -1066,6 +1072,277 @@ def galaxy(
     params["runtime_s"] = round(time.perf_counter() - t_start, 4)
     truth = schema.append_history(truth, "synth.galaxy", params)
     return observed, truth
+
+
+# ---------------------------------------------------------------------------
+# a synthetic field: many galaxies in per-band mosaics, with a catalogue
+# ---------------------------------------------------------------------------
+#: Bands of :func:`write_field` when none are given (six NIRCam wide bands).
+FIELD_BANDS = ("F115W", "F150W", "F200W", "F277W", "F356W", "F444W")
+_FIELD_KEYS = ("id", "y", "x", "redshift", "seed")
+_FIELD_GALAXY_KEYS = ("bulge", "disk", "clumps", "q", "pa")
+
+
+def _toml_value(value: Any) -> str:
+    """A TOML literal of a string, number, bool or list of those."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        if not math.isfinite(float(value)):
+            raise SchemaError(f"cannot write the non-finite number {value!r} to TOML")
+        return repr(value)
+    if isinstance(value, (str, os.PathLike)):
+        return json.dumps(os.fspath(value))  # a TOML basic string for printable text
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise SchemaError(f"cannot write a {type(value).__name__} ({value!r}) to TOML")
+
+
+def _field_layout(n: int, rng: np.random.Generator, spacing: int) -> tuple[list[dict[str, Any]], tuple[int, int]]:
+    """Galaxy specifications on a square-ish grid of ``spacing`` pixels, and the mosaic shape."""
+    ncol = math.ceil(math.sqrt(n))
+    nrow = math.ceil(n / ncol)
+    draws = {  # one vectorised draw per property (independent of the layout)
+        "redshift": np.round(rng.uniform(1.5, 3.0, n), 3),
+        "bulge": rng.uniform(9.3, 10.3, n),
+        "disk": rng.uniform(9.5, 10.2, n),
+        "q": rng.uniform(0.5, 0.9, n),
+        "pa": rng.uniform(0.0, 180.0, n),
+    }
+    specs = []
+    for i in range(n):
+        r, c = divmod(i, ncol)
+        specs.append({"id": f"syn-{i + 1:04d}", "y": r * spacing + spacing // 2, "x": c * spacing + spacing // 2,
+                      "redshift": float(draws["redshift"][i]), "seed": i + 1,
+                      "bulge": {"log_mass": round(float(draws["bulge"][i]), 3)},
+                      "disk": {"log_mass": round(float(draws["disk"][i]), 3)},
+                      "q": round(float(draws["q"][i]), 3), "pa": round(float(draws["pa"][i]), 2)})
+    return specs, (nrow * spacing, ncol * spacing)
+
+
+def write_field(
+    folder: str | os.PathLike,
+    n_galaxies: int | None = None,
+    *,
+    bands: Sequence[str] = FIELD_BANDS,
+    galaxies: Sequence[Mapping[str, Any]] | None = None,
+    mosaic_shape: tuple[int, int] | None = None,
+    stamp: int = 33,
+    spacing: int = 44,
+    pixel_scale: float = 0.03,
+    depth: float = 6e-4,
+    seed: int = 0,
+    segmentation: bool = True,
+    extra_rows: Sequence[tuple[str, float, float, float]] = (),
+    center: tuple[float, float] = (150.1, 2.2),
+    config: str | None = "run.toml",
+    stamp_size: int = 41,
+    sedfit: Mapping[str, Any] | None = None,
+    emulator: Any = None,
+) -> dict[str, Any]:
+    """Write a synthetic field: per-band mosaics, PSFs, a catalogue and a run configuration.
+
+    Each galaxy is a physical :func:`galaxy` (emulator SEDs, known stellar mass) rendered
+    noise-free on a ``stamp`` x ``stamp`` grid and pasted into mosaics with a TAN WCS
+    (north up, east left); Gaussian noise of ``depth`` is then added to the whole
+    mosaic.  Output (all inside ``folder``):
+
+    * ``mosaics/<BAND>_sci.fits`` (float32, ``BUNIT = 'uJy'`` per pixel) and
+      ``mosaics/<BAND>_err.fits`` (constant ``depth``), image in the primary HDU;
+    * ``mosaics/seg.fits`` (int32 segmentation: galaxy ``k`` of the list is label
+      ``k + 1``, 0 is sky) unless ``segmentation=False``;
+    * ``psf/<BAND>.fits`` (the :func:`galaxy` PSFs, header ``PIXELSCL``);
+    * ``catalog.csv`` (``id, ra, dec, redshift``; degrees) for
+      :func:`pegleg.pipeline.run_catalog` / ``pegleg run``, then ``extra_rows``;
+    * ``truth.csv``: per galaxy ``id, ra, dec, redshift, y, x`` (mosaic pixel of the
+      stamp centre), ``log_stellar_mass`` and ``log_sfr100`` (log10 Msun and
+      Msun/yr, totals), ``r50_mass_arcsec`` (semi-major half-mass radius) and
+      ``r50_<BAND>_arcsec`` (half-light radius per band, intrinsic);
+    * ``config`` (default ``run.toml``, None: not written): a TOML configuration
+      (:class:`pegleg.pipeline.Config`) with ``data_dir = "."``, ``output_dir =
+      "results"``, ``stamp_size``, ``match_to`` = the reddest band and the ``[sedfit]``
+      options ``sedfit`` (default ``{"method": "fast"}``).
+
+    The same arguments give byte-identical image data (the noise and the layout come
+    from ``numpy.random.default_rng(seed)``).
+
+    Parameters
+    ----------
+    folder : path
+        Output folder (created; existing files of the same names are overwritten).
+    n_galaxies : int, optional
+        Number of galaxies laid out on a square grid ``spacing`` pixels apart, with
+        ids ``syn-0001``, ...; redshift 1.5-3, bulge and disk log10 formed masses
+        9.3-10.3 and 9.5-10.2, axis ratio 0.5-0.9 and position angle drawn from the
+        seed.  Give either this or ``galaxies``.
+    bands : sequence of str
+        Filters (default :data:`FIELD_BANDS`).
+    galaxies : sequence of mappings, optional
+        Explicit galaxies: ``id``, ``y``, ``x`` (integer mosaic pixel of the stamp
+        centre), ``redshift``, optional ``seed`` (default: position in the list + 1)
+        and any of ``bulge``, ``disk``, ``clumps``, ``q``, ``pa`` (passed to
+        :func:`galaxy`).
+    mosaic_shape : (int, int), optional
+        Mosaic ``(ny, nx)`` in pixels; required with ``galaxies``, derived from the
+        grid otherwise.
+    stamp : int
+        Odd side (pixels) of the grid on which each galaxy is rendered; its light is
+        truncated inside it (:func:`galaxy`, "Truncation").
+    spacing : int
+        Grid step in pixels with ``n_galaxies``.
+    pixel_scale : float
+        arcsec/pixel.
+    depth : float
+        1-sigma noise per pixel (uJy), the same in every band.
+    seed : int
+        Seeds the layout draws and the mosaic noise.
+    segmentation : bool
+        Write ``mosaics/seg.fits``.
+    extra_rows : sequence of (id, y, x, redshift)
+        Catalogue rows without a galaxy (e.g. a position outside the mosaics, for
+        testing failures), given in mosaic pixel coordinates.
+    center : (float, float)
+        RA, Dec (degrees) of the mosaic centre.
+    config : str or None
+        File name of the TOML configuration written into ``folder``.
+    stamp_size : int
+        ``stamp_size`` of that configuration (cutout side in pixels).
+    sedfit : mapping, optional
+        ``[sedfit]`` options of that configuration (strings, numbers, booleans).
+    emulator : optional
+        SED emulator of :func:`galaxy` (default: the bundled one).
+
+    Returns
+    -------
+    dict
+        ``catalog``, ``truth_file``, ``config`` (paths; ``config`` None when not
+        written), ``truth`` (the truth table, pandas.DataFrame), ``mosaics``
+        (band -> ``{"sci", "err"[, "seg"]}`` paths relative to ``folder``), ``psf``
+        (``"psf"``), ``shape`` (mosaic ``(ny, nx)``), ``bands``.
+
+    Raises
+    ------
+    SchemaError
+        Neither or both of ``n_galaxies`` and ``galaxies``; a missing key, a duplicate
+        id or a stamp reaching outside the mosaic; an even or too small ``stamp``;
+        values that cannot be written to the configuration.
+    """
+    import pandas as pd
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    from .profiles import radial_profile
+
+    if (n_galaxies is None) == (galaxies is None):
+        raise SchemaError("write_field: give exactly one of n_galaxies (a grid of random galaxies) and galaxies")
+    stamp = int(stamp)
+    if stamp < 9 or stamp % 2 == 0:
+        raise SchemaError(f"write_field: stamp must be an odd number of pixels >= 9, got {stamp}")
+    bands = [str(b) for b in bands]
+    rng = np.random.default_rng(seed)
+    if galaxies is None:
+        if int(n_galaxies) < 1:
+            raise SchemaError(f"write_field: n_galaxies must be >= 1, got {n_galaxies!r}")
+        if int(spacing) < stamp:
+            raise SchemaError(f"write_field: spacing ({spacing}) must be at least the stamp side ({stamp})")
+        specs, shape = _field_layout(int(n_galaxies), np.random.default_rng([seed, 1]), int(spacing))
+        if mosaic_shape is not None:
+            shape = (int(mosaic_shape[0]), int(mosaic_shape[1]))
+    else:
+        if mosaic_shape is None:
+            raise SchemaError("write_field: mosaic_shape (ny, nx) is required with galaxies")
+        specs, shape = [dict(g) for g in galaxies], (int(mosaic_shape[0]), int(mosaic_shape[1]))
+    h = stamp // 2
+    seen = set()
+    for k, g in enumerate(specs):
+        missing = [key for key in ("id", "y", "x", "redshift") if key not in g]
+        unknown = sorted(set(g) - set(_FIELD_KEYS) - set(_FIELD_GALAXY_KEYS))
+        if missing or unknown:
+            raise SchemaError(f"write_field: galaxy {k}: missing key(s) {missing}, unknown key(s) {unknown}; "
+                              f"expected {list(_FIELD_KEYS)} and optionally {list(_FIELD_GALAXY_KEYS)}")
+        y, x = int(g["y"]), int(g["x"])
+        if y - h < 0 or x - h < 0 or y + h >= shape[0] or x + h >= shape[1]:
+            raise SchemaError(f"write_field: galaxy {g['id']!r}: its {stamp}x{stamp} stamp at (y, x) = ({y}, {x}) "
+                              f"reaches outside the {shape[0]}x{shape[1]} mosaic")
+        if str(g["id"]) in seen:
+            raise SchemaError(f"write_field: duplicate galaxy id {g['id']!r}")
+        seen.add(str(g["id"]))
+
+    folder = Path(folder)
+    (folder / "mosaics").mkdir(parents=True, exist_ok=True)
+    (folder / "psf").mkdir(exist_ok=True)
+    emu = _load_emulator(emulator)
+    sci = np.zeros((len(bands),) + shape)
+    seg = np.zeros(shape, np.int32)
+    psf = None
+    truth_rows = []
+    for k, g in enumerate(specs):
+        kw = {key: g[key] for key in _FIELD_GALAXY_KEYS if key in g}
+        obs, truth = galaxy(bands, shape=(stamp, stamp), pixel_scale=pixel_scale, physical=True,
+                            redshift=float(g["redshift"]), seed=int(g.get("seed", k + 1)), noise=False, depth=depth,
+                            emulator=emu, **kw)
+        y, x = int(g["y"]), int(g["x"])
+        sl = (slice(y - h, y + h + 1), slice(x - h, x + h + 1))
+        sci[(slice(None),) + sl] += obs["image"].values
+        seg[sl] = np.where(obs["segmentation"].values > 0, k + 1, seg[sl])
+        if psf is None:
+            psf = obs["psf"].values
+        row = {"id": str(g["id"]), "redshift": float(g["redshift"]), "y": y, "x": x,
+               "log_stellar_mass": float(truth.attrs["log_stellar_mass_total"]),
+               "log_sfr100": float(truth.attrs["log_sfr100_total"]),
+               "r50_mass_arcsec": float(radial_profile(truth, schema.STELLAR_MASS_DENSITY)["r50"])}
+        row.update({f"r50_{b}_arcsec": float(v) for b, v in zip(bands, truth["r50"].values)})
+        truth_rows.append(row)
+    sci += rng.normal(0.0, depth, sci.shape)
+
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [float(center[0]), float(center[1])]
+    w.wcs.crpix = [shape[1] / 2 + 0.5, shape[0] / 2 + 0.5]
+    w.wcs.cd = np.array([[-pixel_scale / 3600, 0.0], [0.0, pixel_scale / 3600]])
+    hdr = w.to_header()
+    hdr["BUNIT"] = "uJy"
+    mosaics: dict[str, dict[str, str]] = {}
+    for i, b in enumerate(bands):
+        entry = {"sci": f"mosaics/{b}_sci.fits", "err": f"mosaics/{b}_err.fits"}
+        fits.PrimaryHDU(sci[i].astype(np.float32), hdr).writeto(folder / entry["sci"], overwrite=True)
+        fits.PrimaryHDU(np.full(shape, depth, np.float32), hdr).writeto(folder / entry["err"], overwrite=True)
+        ph = fits.Header()
+        ph["PIXELSCL"] = pixel_scale
+        fits.PrimaryHDU(psf[i], ph).writeto(folder / "psf" / f"{b}.fits", overwrite=True)
+        if segmentation:
+            entry["seg"] = "mosaics/seg.fits"
+        mosaics[b] = entry
+    if segmentation:
+        fits.PrimaryHDU(seg, hdr).writeto(folder / "mosaics" / "seg.fits", overwrite=True)
+
+    truth_df = pd.DataFrame(truth_rows)
+    ra, dec = w.pixel_to_world_values(truth_df["x"].to_numpy(float), truth_df["y"].to_numpy(float))
+    truth_df.insert(1, "ra", np.asarray(ra, dtype=float))
+    truth_df.insert(2, "dec", np.asarray(dec, dtype=float))
+    lines = ["id,ra,dec,redshift"]
+    lines += [f"{r.id},{r.ra:.8f},{r.dec:.8f},{r.redshift}" for r in truth_df.itertuples()]
+    for gid, y, x, z in extra_rows:
+        r, d = w.pixel_to_world_values(float(x), float(y))
+        lines.append(f"{gid},{float(r):.8f},{float(d):.8f},{float(z)}")
+    catalog = folder / "catalog.csv"
+    catalog.write_text("\n".join(lines) + "\n")
+    truth_file = folder / "truth.csv"
+    truth_df.to_csv(truth_file, index=False)
+
+    config_path = None
+    if config is not None:
+        reddest = max(bands, key=_filters.pivot_wavelength)
+        text = ["version = 1", 'data_dir = "."', 'output_dir = "results"', 'psf = "psf"',
+                f"stamp_size = {_toml_value(int(stamp_size))}", f"match_to = {_toml_value(reddest)}",
+                "calibrate_errors = true", "", "[sedfit]"]
+        text += [f"{key} = {_toml_value(v)}" for key, v in dict(sedfit or {"method": "fast"}).items()]
+        for b, entry in mosaics.items():
+            text += ["", f"[mosaics.{b}]"] + [f"{key} = {_toml_value(v)}" for key, v in entry.items()]
+        config_path = folder / config
+        config_path.write_text("\n".join(text) + "\n")
+    return {"catalog": catalog, "truth_file": truth_file, "config": config_path, "truth": truth_df,
+            "mosaics": mosaics, "psf": "psf", "shape": shape, "bands": bands}
 
 
 def _load_emulator(emulator: Any) -> Any:

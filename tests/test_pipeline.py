@@ -1,9 +1,9 @@
 """Catalogue runs (pegleg.pipeline, ``pegleg run``) on synthetic mosaics.
 
 Three physical synthetic galaxies (z = 2, six NIRCam bands) are pasted into 120x120
-mosaics with a TAN WCS (0.03"/px), noise and a shared segmentation map; the catalogue
-adds a fourth row outside the mosaics.  One LocalCluster (2 worker processes) serves
-the whole module.
+mosaics with a TAN WCS (0.03"/px), noise and a shared segmentation map
+(:func:`pegleg.synth.write_field`); the catalogue adds a fourth row outside the mosaics.
+One LocalCluster (2 worker processes) serves the whole module.
 """
 
 from __future__ import annotations
@@ -47,59 +47,23 @@ def _network() -> str:
     pytest.skip("no posterior network: neither the bundled default nor the test network exists")
 
 
-def _wcs():
-    from astropy.wcs import WCS
-
-    w = WCS(naxis=2)
-    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    w.wcs.crval = [150.1, 2.2]
-    w.wcs.crpix = [MOSAIC[1] / 2 + 0.5, MOSAIC[0] / 2 + 0.5]
-    w.wcs.cd = np.array([[-SCALE / 3600, 0.0], [0.0, SCALE / 3600]])
-    return w
-
-
 def _make_field(root: Path) -> dict[str, list[float]]:
-    """Mosaics, PSFs and catalogue under ``root``; returns the truths (log M*, half-mass and F444W r50)."""
-    from astropy.io import fits
-
+    """Mosaics, PSFs and catalogue under ``root`` (:func:`pegleg.synth.write_field`); returns the
+    truths (log M*, half-mass and F444W r50)."""
     from pegleg import synth
-    from pegleg.profiles import radial_profile
 
-    (root / "mosaics").mkdir(parents=True)
-    (root / "psf").mkdir()
-    rng = np.random.default_rng(42)
-    sci = np.zeros((len(BANDS),) + MOSAIC)
-    seg = np.zeros(MOSAIC, np.int32)
-    truths, psf = {"log_mass": [], "r50_mass": [], "r50_f444w": []}, None
-    for k, ((cy, cx), m) in enumerate(zip(CENTRES, DISK_MASS)):
-        obs, truth = synth.galaxy(BANDS, shape=(33, 33), physical=True, redshift=2.0, seed=k + 1, noise=False,
-                                  depth=DEPTH, disk={"log_mass": m})
-        sl = (slice(cy - 16, cy + 17), slice(cx - 16, cx + 17))
-        sci[(slice(None),) + sl] += obs["image"].values
-        seg[sl] = np.where(obs["segmentation"].values > 0, k + 1, seg[sl])
-        truths["log_mass"].append(float(truth.attrs["log_stellar_mass_total"]))
-        truths["r50_mass"].append(float(radial_profile(truth, "stellar_mass_density")["r50"]))
-        truths["r50_f444w"].append(float(truth["r50"].sel(band="F444W")))
-        psf = obs["psf"].values
-    sci += rng.normal(0.0, DEPTH, sci.shape)
-    hdr = _wcs().to_header()
-    hdr["BUNIT"] = "uJy"
-    for i, b in enumerate(BANDS):
-        fits.PrimaryHDU(sci[i].astype(np.float32), hdr).writeto(root / "mosaics" / f"{b}_sci.fits")
-        fits.PrimaryHDU(np.full(MOSAIC, DEPTH, np.float32), hdr).writeto(root / "mosaics" / f"{b}_err.fits")
-        ph = fits.Header()
-        ph["PIXELSCL"] = SCALE
-        fits.PrimaryHDU(psf[i], ph).writeto(root / "psf" / f"{b}.fits")
-    fits.PrimaryHDU(seg, hdr).writeto(root / "mosaics" / "seg.fits")
-    w = _wcs()
-    lines = ["ID,RA,Dec,Redshift"]  # upper-case column names on purpose
-    for gid, (cy, cx) in zip(IDS, CENTRES):
-        ra, dec = w.pixel_to_world_values(cx, cy)
-        lines.append(f"{gid},{float(ra):.8f},{float(dec):.8f},2.0")
-    ra, dec = w.pixel_to_world_values(-400, -400)  # far outside the mosaics
-    lines.append(f"outside,{float(ra):.8f},{float(dec):.8f},2.0")
-    (root / "catalog.csv").write_text("\n".join(lines) + "\n")
-    return truths
+    galaxies = [{"id": gid, "y": cy, "x": cx, "redshift": 2.0, "disk": {"log_mass": m}}
+                for gid, (cy, cx), m in zip(IDS, CENTRES, DISK_MASS)]
+    info = synth.write_field(root, galaxies=galaxies, bands=BANDS, mosaic_shape=MOSAIC, pixel_scale=SCALE,
+                             depth=DEPTH, seed=42, extra_rows=[("outside", -400, -400, 2.0)],  # far outside
+                             config=None)
+    catalog = root / "catalog.csv"
+    lines = catalog.read_text().splitlines()
+    lines[0] = "ID,RA,Dec,Redshift"  # upper-case column names on purpose
+    catalog.write_text("\n".join(lines) + "\n")
+    truth = info["truth"]
+    return {"log_mass": list(truth["log_stellar_mass"]), "r50_mass": list(truth["r50_mass_arcsec"]),
+            "r50_f444w": list(truth["r50_F444W_arcsec"])}
 
 
 def _mosaic_tables() -> str:
