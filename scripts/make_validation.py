@@ -42,6 +42,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import os
 import subprocess
@@ -341,29 +342,12 @@ def part_deconvolve(args) -> list:
 # PSF matching (tests/test_match.py)
 # ---------------------------------------------------------------------------
 def _point_sources(psfs: dict, shape: int):
-    from pegleg.psf import trim_psf
-
-    bands = list(psfs)
-    img = np.stack([trim_psf(psfs[b], (shape, shape)) for b in bands])
-    return pegleg.from_arrays(img, np.full(img.shape, 1e-4), psfs, bands, SCALE)
+    return _test_module("test_match")._point_sources(psfs, shape)
 
 
 def _ee_check(out, target_psf, r_max_px):
     """Per band: (worst |EE(matched) - EE(target)| at radii from the target's FWHM [px] outwards, flux - 1)."""
-    from pegleg.psf import encircled_energy, measure_fwhm, trim_psf
-
-    fwhm = measure_fwhm(target_psf)
-    radii = np.arange(np.ceil(2 * fwhm) / 2, r_max_px + 1e-9, 0.5)
-    box = 2 * int(np.ceil(r_max_px)) + 3
-    t = trim_psf(target_psf, (box, box))
-    ee_t = encircled_energy(t, radii) * t.sum()
-    res = {}
-    for b in out.pegleg.bands:
-        m = out["image"].sel(band=b).values
-        c = trim_psf(m, (box, box))
-        ee_m = encircled_energy(c, radii) * c.sum()
-        res[b] = (float(np.max(np.abs(ee_m - ee_t))), float(m.sum() - 1.0))
-    return res
+    return _test_module("test_match")._ee_check(out, target_psf, r_max_px)
 
 
 def _ee_rows(t, label, res):
@@ -547,67 +531,23 @@ def part_registration(args) -> list:
 # ---------------------------------------------------------------------------
 # radial profiles (tests/test_profiles.py): an independent exact renderer
 # ---------------------------------------------------------------------------
-PR_SHAPE, PR_CY, PR_CX, PR_Q, PR_PA, PR_RT, PR_RE = (81, 81), 40.3, 39.8, 0.6, 30.0, 36.0, 8.0
+def _test_module(name: str):
+    """A module of tests/ (the validation reuses the tests' independent truth renderers)."""
+    tests = str(ROOT / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    return importlib.import_module(name)
 
 
-def _taper(r):
-    t = np.clip((r / PR_RT - 0.8) / 0.2, 0, 1)
-    return 0.5 * (1 + np.cos(np.pi * t))
-
-
-def _sersic(r, n):
-    from scipy import special
-
-    b = special.gammaincinv(2 * n, 0.5)
-    return np.exp(-b * (np.power(r / PR_RE, 1 / n) - 1)) * _taper(r)
-
-
-def _radius(dy, dx):
-    c, s = math.cos(math.radians(PR_PA)), math.sin(math.radians(PR_PA))
-    return np.hypot(dx * c + dy * s, (-dx * s + dy * c) / PR_Q)
-
-
-def _render(n):
-    """Pixel-integrated image: 12x12 sub-pixels, 64x64 near the centre, 400x400 on the cusp."""
-    img = np.zeros(PR_SHAPE)
-
-    def block(y0, y1, x0, x1, s):
-        sub = (np.arange(s) + 0.5) / s - 0.5
-        ys = (np.arange(y0, y1)[:, None] + sub).ravel() - PR_CY
-        xs = (np.arange(x0, x1)[:, None] + sub).ravel() - PR_CX
-        v = _sersic(_radius(ys[:, None], xs[None, :]), n)
-        img[y0:y1, x0:x1] = v.reshape(y1 - y0, s, x1 - x0, s).mean(axis=(1, 3))
-
-    iy, ix = int(round(PR_CY)), int(round(PR_CX))
-    block(0, PR_SHAPE[0], 0, PR_SHAPE[1], 12)
-    block(iy - 4, iy + 5, ix - 4, ix + 5, 64)
-    block(iy - 1, iy + 2, ix - 1, ix + 2, 400)
-    return img
-
-
-def _annulus_mean(n, rin, rout):
-    out = []
-    for a, b in zip(rin, rout):
-        r = np.linspace(a, b, 4001)
-        out.append(np.trapezoid(_sersic(r, n) * 2 * r, r) / (b * b - a * a))
-    return np.array(out)
-
-
-def _enclosed(n, radii):
-    out = []
-    for R in radii:
-        t = np.linspace(math.log(R) - 25, math.log(R), 20001)
-        r = np.exp(t)
-        out.append(2 * np.pi * PR_Q * np.trapezoid(_sersic(r, n) * r * r, t))
-    return np.array(out)
-
-
-def _pr_stamp(img, **kw):
-    img = np.asarray(img, float)
-    return pegleg.from_arrays(img, np.full(img.shape, 1e-3), np.pad([[1.0]], 1), ["F444W"], SCALE, **kw)
+def _profile_truth():
+    """tests/test_profiles.py: its exact Sersic renderer, analytic annulus means and enclosed flux."""
+    return _test_module("test_profiles")
 
 
 def part_profiles(args) -> list:
+    tp = _profile_truth()
+    PR_SHAPE, PR_CY, PR_CX, PR_Q, PR_PA, PR_RT, PR_RE = tp.SHAPE, tp.CY, tp.CX, tp.Q, tp.PA, tp.RT, tp.RE
+    _render, _annulus_mean, _enclosed, _pr_stamp = tp._render, tp._annulus_mean, tp._enclosed, tp._stamp
     from scipy.optimize import brentq
 
     from pegleg.profiles import radial_profile
