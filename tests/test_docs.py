@@ -55,3 +55,45 @@ def test_included_files_exist():
     assert len(generated) >= 10, generated  # the validation page alone includes more
     missing = [f"{p.name}: {t}" for p, t, path in refs if not path.is_file() or path.stat().st_size == 0]
     assert not missing, f"included files missing or empty: {missing}"
+
+
+def test_public_api_is_documented_with_units():
+    """Every public function and class (``__all__`` of every pegleg module) and every accessor
+    method has a docstring; functions taking a physical quantity (pixel scale, radius, size,
+    wavelength, flux, ...) name its unit (or say it is a redshift / fraction / per-unit value)."""
+    import importlib
+    import inspect
+    import pkgutil
+    import re
+
+    import pegleg
+    from pegleg import accessor
+
+    unit_params = {"pixel_scale", "radius", "radii", "size", "wavelength", "redshift", "r_e", "fwhm", "depth",
+                   "sky", "flux"}
+    unit_words = re.compile(r"arcsec|pixel|uJy|micron|\bum\b|kpc|Msun|mag|Jy|dex|redshift|unit|degree|\bdeg\b|"
+                            r"seconds|fraction", re.I)
+    names = ["pegleg"] + [m.name for m in pkgutil.walk_packages(pegleg.__path__, "pegleg.")
+                          if not m.name.rsplit(".", 1)[-1].startswith("_")]
+    undocumented, no_units, checked = [], [], 0
+    for name in names:
+        mod = importlib.import_module(name)
+        for attr in getattr(mod, "__all__", []):
+            obj = getattr(mod, attr, None)
+            if not (inspect.isfunction(obj) or inspect.isclass(obj)):
+                continue
+            checked += 1
+            doc = inspect.getdoc(obj) or ""
+            if not doc.strip():
+                undocumented.append(f"{name}.{attr}")
+            elif inspect.isfunction(obj) and set(inspect.signature(obj).parameters) & unit_params \
+                    and not unit_words.search(doc):
+                no_units.append(f"{name}.{attr}")
+    acc = [c for c in vars(accessor).values() if inspect.isclass(c) and c.__module__ == accessor.__name__]
+    for cls in acc:
+        for attr, fn in vars(cls).items():
+            if not attr.startswith("_") and callable(fn) and not (inspect.getdoc(fn) or "").strip():
+                undocumented.append(f"{cls.__name__}.{attr}")
+    assert checked > 100
+    assert not undocumented, undocumented
+    assert not no_units, no_units
