@@ -74,7 +74,7 @@ def test_qa_table(synthetic):
     t = out.pegleg.qa()
     assert list(t.index) == BANDS
     assert t["ok"].all() and t["residual_ok"].all() and t["sky_ok"].all() and t["centre_ok"].all()
-    assert t["detected"].all()
+    assert t["detected"].all() and (t["fit_message"] == "ok").all()
     with pytest.raises(SchemaError, match="not been deconvolved"):
         synthetic[0].pegleg.qa()
 

@@ -310,8 +310,9 @@ def qa(ds: xr.Dataset):
     segment), ``sky_ok`` (abs(sky) < 1 sigma of the measured per-pixel sky rms), ``centre_ok``
     (model centre within 2 pixels of the segment's flux-weighted centre, or of the stamp
     centre), ``detected`` (flux_total / flux_total_error >= 5: below that, sizes are
-    unreliable, e.g. wide components fitting noise), and ``ok`` (all four and the fit
-    succeeded).
+    unreliable, e.g. wide components fitting noise), ``ok`` (all four and the fit
+    succeeded), and ``fit_message`` (the fitter's own status text: "ok" there means only
+    that the fit ran; ``ok`` is the verdict).
     """
     import pandas as pd
 
@@ -338,6 +339,6 @@ def qa(ds: xr.Dataset):
         row["detected"] = bool(row[S.FLUX_TOTAL] >= QA_MIN_SNR * row[S.FLUX_TOTAL_ERROR])
         row["ok"] = (bool(d[S.FIT_OK]) and row["residual_ok"] and row["sky_ok"] and row["centre_ok"]
                      and row["detected"])
-        row["message"] = str(d[S.FIT_MESSAGE].values)
+        row["fit_message"] = str(d[S.FIT_MESSAGE].values)
         rows.append(row)
     return pd.DataFrame(rows).set_index("band")
