@@ -22,7 +22,6 @@ import io
 import json
 import os
 import signal
-import sys
 import tempfile
 import warnings
 from collections import Counter
@@ -44,6 +43,7 @@ from pegleg import EmulatorError, PeglegError, PeglegWarning
 from pegleg.psf import gaussian_psf
 
 from fits_helpers import write_stamp
+from network_helpers import random_network
 
 #: Examples per hypothesis test in the default run, and in the slow twins.
 FAST, FAST_CHEAP, SLOW = 25, 60, 400
@@ -1092,30 +1092,13 @@ def test_to_netcdf_rejects_unencodable_text(tmp_path):
 # ---------------------------------------------------------------------------
 # SED emulator and posterior-network files
 # ---------------------------------------------------------------------------
-def _random_network():
-    from pegleg.sed.npe import MASS_PER_FLUX, SUMMARY_NAMES, PosteriorNetwork, head_size
-
-    rng = np.random.default_rng(0)
-    filters = ("F150W", "F277W", "F444W")
-    names = ["log_metallicity", "av"]
-    nin, w = 3 * len(filters) + 2, 8
-    da, db = len(names) + 1, len(SUMMARY_NAMES)
-    meta = {"filters": list(filters), "param_names": names + [MASS_PER_FLUX], "bounds": [[-2, 0.2], [0, 4]],
-            "summary_names": list(SUMMARY_NAMES), "n_components": [2, 2], "activation": "silu",
-            "redshift_range": [0.1, 7.0]}
-    return PosteriorNetwork([rng.normal(0, 0.3, (nin, w))], [np.zeros(w)],
-                            rng.normal(0, 0.1, (w, head_size(2, da))), np.zeros(head_size(2, da)),
-                            rng.normal(0, 0.1, (w, head_size(2, db))), np.zeros(head_size(2, db)),
-                            np.zeros(nin), np.ones(nin), np.zeros(da), np.ones(da), np.zeros(db), np.ones(db), meta)
-
-
 @pytest.fixture(scope="module")
 def model_files(tmp_path_factory):
     import pegleg.sed.emulator as E
     from pegleg.sed.npe import save_posterior_network
 
     d = tmp_path_factory.mktemp("models")
-    net = save_posterior_network(_random_network(), d / "net.npz")
+    net = save_posterior_network(random_network(width=8), d / "net.npz")
     return {"emulator": (E._DATA_DIR / "default_emulator.npz").read_bytes(), "posterior": net.read_bytes()}
 
 

@@ -10,6 +10,8 @@ from pegleg.exceptions import EmulatorError, FitError
 from pegleg.sed import fit as F
 from pegleg.sed.npe import GaussianMixture, features
 
+from network_helpers import random_network
+
 
 def _random_mixture(rng, n=3, k=3, d=4):
     mean = rng.normal(0, 2, (n, k, d))
@@ -136,28 +138,10 @@ def test_bad_inputs(emulator):
         F.fit_photometry(f, f, ["F150W", "F277W", "F444W"], 2.0, emulator=emulator, method="mcmc")
 
 
-def _random_network(tmp_path=None, filters=("F150W", "F277W", "F444W"), seed=0, diag_bias=0.0):
-    from pegleg.sed.npe import MASS_PER_FLUX, SUMMARY_NAMES, PosteriorNetwork, head_size
-
-    rng = np.random.default_rng(seed)
-    names = ["log_metallicity", "av"]
-    nin, w = 3 * len(filters) + 2, 16
-    da, db = len(names) + 1, len(SUMMARY_NAMES)
-    meta = {"filters": list(filters), "param_names": names + [MASS_PER_FLUX], "bounds": [[-2, 0.2], [0, 4]],
-            "summary_names": list(SUMMARY_NAMES), "n_components": [2, 2], "activation": "silu",
-            "redshift_range": [0.1, 7.0]}
-    bA = np.zeros(head_size(2, da))
-    bA[2 + 2 * da:2 + 4 * da] = diag_bias          # raw diagonals of the proposal's Cholesky factors
-    return PosteriorNetwork([rng.normal(0, 0.3, (nin, w))], [np.zeros(w)],
-                            rng.normal(0, 0.1, (w, head_size(2, da))), bA,
-                            rng.normal(0, 0.1, (w, head_size(2, db))), np.zeros(head_size(2, db)),
-                            np.zeros(nin), np.ones(nin), np.zeros(da), np.ones(da), np.zeros(db), np.ones(db), meta)
-
-
 def test_network_transforms_and_io(tmp_path):
     from pegleg.sed.npe import load_posterior_network, save_posterior_network
 
-    net = _random_network()
+    net = random_network()
     rng = np.random.default_rng(1)
     u = rng.normal(0, 3, (5, 2))
     th, lj = net.from_unconstrained(u)
@@ -203,7 +187,7 @@ def test_importance_sampling_matches_a_brute_force_posterior():
     """An untrained, broad proposal + many draws: the weighted posterior equals a grid posterior."""
     filters = ["F150W", "F277W", "F444W"]
     emu = _toy_emulator(filters)
-    net = _random_network(filters=filters, seed=5, diag_bias=1.5)   # ~1.7 wide in logit space
+    net = random_network(filters=filters, seed=5, diag_bias=1.5)   # ~1.7 wide in logit space
     truth = np.array([[9.0, 2.0, -0.6, 1.3]])
     f0, _ = emu.evaluate(truth, filters)
     err = 0.04 * f0
