@@ -930,12 +930,14 @@ def galaxy(
     # normalised profile per component (physical truth maps): band independent unless alpha != 0
     achromatic = [name == "clumps" or comps[k].alpha == 0 for k, name in enumerate(comp_names)]
     prof_pad = np.zeros((nc, NY, NX)) if physical else None
+    plain_total: dict[int, float] = {}   # pixel sum of each achromatic profile as rendered
     for j in range(nb):
         for k in range(nc):
             func, analytic = profile(k, wl[j])
-            img, hist = grid.render(func)
-            total = img.sum()
+            plain, hist = grid.render(func)
+            total = plain.sum()
             render_err = max(render_err, abs(total / analytic - 1.0))
+            img = plain
             if k in gradients:
                 # per-pixel SEDs: the mass profile times the SED of its radius, integrated per pixel
                 gt = gradients[k]
@@ -947,7 +949,8 @@ def galaxy(
             comp_pad[k, j] = img * scale
             hist_tot[j] += hist * scale
             if physical and j == 0 and achromatic[k] and total > 0:
-                prof_pad[k] = grid.render(func)[0] / total if k in gradients else img / total
+                prof_pad[k] = plain / total
+                plain_total[k] = total
     if physical:
         for k in range(nc):
             if not achromatic[k]:
@@ -956,10 +959,10 @@ def galaxy(
         # per component: (y, x) maps of surviving mass, SFRs and mass x age / A_V (padded grid)
         comp_maps = []
         for k in range(nc):
-            if k in gradients:
+            if k in gradients:   # achromatic (alpha = 0): the profile rendered in the band loop
                 func, _ = profile(k, REFERENCE_WAVELENGTH)
-                norm = grid.render(func)[0].sum()
-                comp_maps.append({key: grid.render(gradients[k].weighted(func, col))[0] * gradients[k].mass_scale / norm
+                norm = gradients[k].mass_scale / plain_total[k]
+                comp_maps.append({key: grid.render(gradients[k].weighted(func, col))[0] * norm
                                   for key, col in gradients[k].truth_columns().items()})
             else:
                 m = 10.0 ** derived["log_stellar_mass"][k]

@@ -643,7 +643,8 @@ def fit_photometry(flux, error, filters: Sequence[str], redshift, *, valid=None,
 
     Returns
     -------
-    dict of numpy arrays (see the module docstring) plus ``"seconds"`` (wall time).
+    dict of numpy arrays (see the module docstring) plus ``"seconds"`` (wall time) and
+    ``"n_chunks"`` (random streams used: the next call's ``first_chunk`` offset).
     """
     from .. import _parallel
     from .emulator import load_emulator
@@ -683,4 +684,5 @@ def fit_photometry(flux, error, filters: Sequence[str], redshift, *, valid=None,
     if prob.z_sigma is None:
         out["redshift"][has] = prob.z[has, None]
     out["seconds"] = time.perf_counter() - t0
+    out["n_chunks"] = len(chunks)
     return out

@@ -321,9 +321,7 @@ def _fit_pixel_block(block, setup, fit_kw, totals, y0, first_chunk):
     totals.add(res, flux, error, ok)
     src = np.full(ny * nx, -1)
     src[pix_index] = np.arange(pix_index.size)
-    maps = _maps(block, setup, res, src, np.ones(ny * nx), img, err, valid, reg, fit_kw)
-    n_chunks = -(-int(ok.any(axis=1).sum()) // int(fit_kw["chunk_size"]))
-    return maps, n_chunks
+    return _maps(block, setup, res, src, np.ones(ny * nx), img, err, valid, reg, fit_kw), res["n_chunks"]
 
 
 def _concat_maps(parts: list[dict]) -> dict:
@@ -413,23 +411,26 @@ def sedfit(ds: xr.Dataset, *, redshift=None, redshift_sigma=None, method: str = 
     many = len(starts) > 1
     from .._parallel import progress_iter
 
-    blocks = progress_iter(starts, len(starts), progress if many else False, f"sedfit ({method}) blocks")
     kw = dict(fit_kw, progress=False if many else progress)
-    first_chunk = 0
-    if out is None:
-        parts = []
-        for y0 in blocks:
-            maps, used = _fit_pixel_block(ds.isel({S.Y: slice(y0, y0 + rows)}), setup, kw, totals, y0, first_chunk)
+
+    def fitted_blocks():
+        """(input block, its maps) in order; every block continues the random streams."""
+        first_chunk = 0
+        for y0 in progress_iter(starts, len(starts), progress if many else False, f"sedfit ({method}) blocks"):
+            block = ds.isel({S.Y: slice(y0, y0 + rows)})
+            if out is not None:
+                block = block.load()        # one block of a lazily opened input in memory
+            maps, used = _fit_pixel_block(block, setup, kw, totals, y0, first_chunk)
             first_chunk += used
-            parts.append(maps)
-        result = _with_maps(ds, _concat_maps(parts), coords)
+            yield block, maps
+            del block, maps                 # not held while the next block is fitted
+
+    if out is None:
+        result = _with_maps(ds, _concat_maps([maps for _, maps in fitted_blocks()]), coords)
         result.attrs = finish(result.attrs)
         return result
     with BlockWriter(out, S.Y) as writer:
-        for y0 in blocks:
-            block = ds.isel({S.Y: slice(y0, y0 + rows)}).load()
-            maps, used = _fit_pixel_block(block, setup, kw, totals, y0, first_chunk)
-            first_chunk += used
+        for block, maps in fitted_blocks():
             writer.append(_with_maps(block, maps, coords))
             del block, maps
         writer.attrs = finish(ds.attrs)
