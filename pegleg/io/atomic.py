@@ -7,7 +7,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "temporary_path", "discard"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -17,15 +17,28 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     including ``KeyboardInterrupt``, it is removed and nothing appears under ``path``.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = temporary_path(path)
     try:
         write(tmp)
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        discard(tmp)
         raise
     return path
+
+
+def temporary_path(path: str | os.PathLike) -> str:
+    """A new empty file ``.<name>.<random>.tmp`` next to ``path`` (same file system, so a
+    final ``os.replace`` is atomic; the pattern stale-file cleaners look for)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return tmp
+
+
+def discard(tmp: str | os.PathLike) -> None:
+    """Remove a temporary file if it still exists."""
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass

@@ -171,10 +171,9 @@ class BlockWriter:
         self._n += block.sizes[self.dim]
 
     def _create(self, block: xr.Dataset) -> None:
-        import tempfile
+        from .atomic import temporary_path
 
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.close(fd)
+        self._tmp = temporary_path(self.path)
         enc = _encoding(block, self.compress)
         for name, v in block.variables.items():
             if self.dim in v.dims:
@@ -237,8 +236,7 @@ class BlockWriter:
     def abort(self) -> None:
         """Remove the temporary file (nothing appears under ``path``)."""
         if self._tmp is not None:
-            try:
-                os.unlink(self._tmp)
-            except FileNotFoundError:
-                pass
+            from .atomic import discard
+
+            discard(self._tmp)
             self._tmp = None

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .. import filters as _pf
 from ..exceptions import EmulatorError
+from ..io.atomic import atomic_write
 
 __all__ = ["sedpy_name", "available_filters", "transmission", "pivot_wavelength",
            "filter_files", "cache_dir", "canonical_name"]
@@ -166,15 +166,11 @@ def filter_files(names) -> list[str]:
         if not path.is_file():
             folder.mkdir(parents=True, exist_ok=True)
             wave, trans = _curve(sname)
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{sname}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w") as fh:
-                    fh.write(f"# astro-sedpy curve {sname}: wavelength [Angstrom], transmission\n")
-                    np.savetxt(fh, np.column_stack([wave, trans]), fmt="%.10g")
-                os.replace(tmp, path)
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-                raise
+            def write(tmp, _sname=sname, _wave=wave, _trans=trans):
+                with open(tmp, "w") as fh:
+                    fh.write(f"# astro-sedpy curve {_sname}: wavelength [Angstrom], transmission\n")
+                    np.savetxt(fh, np.column_stack([_wave, _trans]), fmt="%.10g")
+
+            atomic_write(path, write)
         out.append(str(path))
     return out
