@@ -101,7 +101,6 @@ Path safety
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import inspect
 import itertools
@@ -901,7 +900,9 @@ def _remove_stale_temporaries(out: Path) -> None:
     but not when the process dies (a worker killed by the operating system while
     writing); each galaxy is written by one task at a time, so its leftovers are stale.
     """
-    for tmp in out.parent.glob(f".{glob.escape(out.name)}.*.tmp"):
+    from .io.atomic import temporaries
+
+    for tmp in temporaries(out):
         try:
             tmp.unlink()
         except OSError:  # pragma: no cover - gone already, or not ours to delete
@@ -1009,6 +1010,15 @@ def write_summary(df, output_dir: str | os.PathLike) -> Path:
 WORKER_CONFIG = {"distributed.worker.profile.enabled": False}
 
 
+def _distributed():
+    """The ``distributed`` module, or a clear error naming the extra that installs it."""
+    try:
+        import distributed
+    except ImportError:
+        raise PeglegError("run_catalog needs dask.distributed: pip install 'pegleg[pipeline]'") from None
+    return distributed
+
+
 def local_cluster(n_workers: int = 2, *, profile: bool = False, **kwargs: Any):
     """The ``distributed.LocalCluster`` that :func:`run_catalog` starts by default.
 
@@ -1026,11 +1036,9 @@ def local_cluster(n_workers: int = 2, *, profile: bool = False, **kwargs: Any):
     Other keyword arguments go to ``LocalCluster`` and override these defaults.
     Close the cluster when done (or use it as a context manager).
     """
-    try:
-        import dask
-        from distributed import LocalCluster
-    except ImportError:
-        raise PeglegError("run_catalog needs dask.distributed: pip install 'pegleg[pipeline]'") from None
+    import dask
+
+    LocalCluster = _distributed().LocalCluster
     opts = {"n_workers": int(n_workers), "threads_per_worker": 1, "processes": True, "dashboard_address": ":0",
             "env": {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}}
     opts.update(kwargs)
@@ -1041,10 +1049,7 @@ def local_cluster(n_workers: int = 2, *, profile: bool = False, **kwargs: Any):
 
 def _client(scheduler: Any, n_workers: int | None):
     """(client, things to close)."""
-    try:
-        from distributed import Client
-    except ImportError:
-        raise PeglegError("run_catalog needs dask.distributed: pip install 'pegleg[pipeline]'") from None
+    Client = _distributed().Client
     if isinstance(scheduler, Client):
         return scheduler, []
     if scheduler is None:
@@ -1096,7 +1101,7 @@ def run_catalog(catalog: Any, config: Any, *, scheduler: Any = None, n_workers: 
         The summary (catalogue order, :data:`SUMMARY_COLUMNS`), also written to
         ``<output_dir>/summary.csv``.
     """
-    from distributed import as_completed
+    as_completed = _distributed().as_completed
 
     config = _as_config(config)
     cat = read_catalog(catalog)

@@ -7,7 +7,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "temporary_path", "discard"]
+__all__ = ["atomic_write", "temporary_path", "temporaries", "discard"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -34,6 +34,15 @@ def temporary_path(path: str | os.PathLike) -> str:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     return tmp
+
+
+def temporaries(path: str | os.PathLike) -> list[Path]:
+    """The temporary files :func:`temporary_path` made for ``path`` that still exist (left
+    behind by a process that died while writing)."""
+    import glob
+
+    path = Path(path)
+    return sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
 
 
 def discard(tmp: str | os.PathLike) -> None:
