@@ -7,16 +7,16 @@ Run::
 For every size N a synthetic field (:func:`pegleg.synth.write_field`, seed 0, six NIRCam
 bands, the ``run.toml`` it writes: 41-pixel cutouts, PSF matching to F444W, deconvolve,
 calibrate_errors, ``sedfit`` method "fast") is written first; then a fresh child process
-(so that its ``ru_maxrss`` belongs to this N alone) starts the cluster ``pegleg run``
+(so that its peak RSS belongs to this N alone) starts the cluster ``pegleg run``
 uses, :func:`pegleg.pipeline.local_cluster` (``n_workers`` processes, one thread each,
 dask's statistical profiler off; ``--profiler`` turns it back on, dask's default), and
 runs :func:`pegleg.pipeline.run_catalog` on it.  Reported per N:
 
 * wall time of ``run_catalog`` and per galaxy (cluster start-up excluded; each worker's
   first task includes its imports);
-* driver peak RSS: ``ru_maxrss`` of the child process, which also hosts the dask
+* driver peak RSS: ``VmHWM`` (``benchmarks/_rss.py``) of the child process, which also hosts the dask
   scheduler (and its RSS just before ``run_catalog``, after the cluster started);
-* worker peak RSS: ``ru_maxrss`` of every worker process (``client.run``), their RSS
+* worker peak RSS: ``VmHWM`` of every worker process (``client.run``), their RSS
   at the end (psutil) and the number of profiler cycles they keep;
 
 then the ratios N_max / N_min of the peaks (the acceptance criterion: < 1.2).  Peak RSS
@@ -37,24 +37,19 @@ from pathlib import Path
 for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_v, "1")
 
-_MIB = 1024.0  # ru_maxrss is in KiB on Linux
-
-
 def _worker_memory(dask_worker) -> dict[str, float]:
     """Run on a worker (``client.run``): its peak and current RSS (MiB), profiler cycles kept."""
-    import resource
-
     import psutil
+    from _rss import peak_rss_mib
 
-    return {"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / _MIB,
+    return {"peak_mib": peak_rss_mib(),
             "rss_mib": psutil.Process().memory_info().rss / 2**20,
             "profile_cycles": len(dask_worker.profile_history)}
 
 
 def child(field: Path, workers: int, profiler: bool = False) -> dict:
     """One catalogue run in this (fresh) process; returns the measurements."""
-    import resource
-
+    from _rss import peak_rss_mib
     from distributed import Client
 
     from pegleg.pipeline import Config, local_cluster, run_catalog
@@ -63,14 +58,14 @@ def child(field: Path, workers: int, profiler: bool = False) -> dict:
     # run_catalog's default cluster (dask's profiler off unless --profiler)
     with local_cluster(workers, profile=profiler) as cluster, Client(cluster) as client:
         client.wait_for_workers(workers, timeout=120)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / _MIB
+        before = peak_rss_mib()
         t0 = time.perf_counter()
         df = run_catalog(field / "catalog.csv", config, scheduler=client, progress=False)
         wall = time.perf_counter() - t0
         workers_mem = client.run(_worker_memory)
     return {"n": len(df), "ok": int((df["status"] == "ok").sum()), "wall_s": wall,
             "driver_peak_before_run_mib": before,
-            "driver_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / _MIB,
+            "driver_peak_mib": peak_rss_mib(),
             "worker_peak_mib": [w["peak_mib"] for w in workers_mem.values()],
             "worker_rss_end_mib": [w["rss_mib"] for w in workers_mem.values()],
             "profile_cycles": [w["profile_cycles"] for w in workers_mem.values()]}

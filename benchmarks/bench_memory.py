@@ -9,11 +9,12 @@ Run::
 float32 like JWST mosaics) is written to NetCDF block by block, then a fresh child
 process opens it lazily (``pegleg.open_dataset(path, chunks={})``) and runs
 ``sedfit(out=..., method=--method)`` writing every block of rows as it is fitted; its
-peak RSS (``ru_maxrss``) and wall time are printed with the ratio to the smallest N.
+peak RSS (``VmHWM``: this process's own; see ``benchmarks/_rss.py``) and wall time are printed with the ratio to the smallest N.
 
-``--mosaic S1,S2``: 6-band FITS mosaics (SCI, ERR, SEG; float32) of S x S pixels, and a
-child process per size cutting a 65 x 65 stamp with ``open_stamps(center=, size=)``
-(the mosaic is memory-mapped, so only the cutout is read); peak RSS and its ratio.
+``--mosaic S1,S2``: 6-band FITS mosaics (SCI, ERR, SEG; float32) of S x S pixels with one
+galaxy at the centre (``pegleg.synth.write_field``), and a child process per size
+cutting a 65 x 65 stamp with ``open_stamps(center=, size=)`` (the mosaic is
+memory-mapped, so only the cutout is read); peak RSS and its ratio.
 
 The acceptance (issue 11) is peak RSS within 20% between 1e5 and 1e6 pixels.
 """
@@ -23,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -36,7 +36,10 @@ NX = 1000  # pixels per row of the synthetic sedfit images
 
 
 def _rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+    """Peak RSS of this process alone, GiB (not the parent's it was started from; see _rss)."""
+    from _rss import peak_rss_mib
+
+    return peak_rss_mib() / 1024
 
 
 def make_image(path: Path, n: int, seed: int = 0) -> None:
@@ -82,48 +85,29 @@ def child_sedfit(args) -> None:
                       "pixel_sum": float(res.attrs["sedfit_log_mass_pixel_sum"][1])}))
 
 
-MOSAIC_BANDS = ["F115W", "F150W", "F200W", "F277W", "F356W", "F444W"]
-
-
 def make_mosaic(folder: Path, size: int, seed: int = 0) -> None:
-    """6 bands of S x S float32 SCI/ERR/SEG with a Gaussian blob at the centre, written row-block by row-block."""
-    from astropy.io import fits
-    from astropy.wcs import WCS
+    """6-band S x S float32 mosaics (SCI, ERR, SEG, PSFs) with one galaxy at the centre
+    (:func:`pegleg.synth.write_field`)."""
+    from pegleg.synth import write_field
 
-    folder.mkdir(parents=True, exist_ok=True)
-    w = WCS(naxis=2)
-    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    w.wcs.crval = [53.1, -27.8]
-    w.wcs.crpix = [size / 2, size / 2]
-    w.wcs.cdelt = [-0.03 / 3600, 0.03 / 3600]
-    hdr = w.to_header()
-    hdr["BUNIT"] = "uJy"
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[-32:33, -32:33]
-    blob = (50.0 * np.exp(-(yy ** 2 + xx ** 2) / (2 * 4.0 ** 2))).astype(np.float32)
     c = size // 2
-    for b in MOSAIC_BANDS:
-        sci = rng.normal(0.0, 0.1, (size, size)).astype(np.float32)
-        sci[c - 32:c + 33, c - 32:c + 33] += blob
-        err = np.full((size, size), 0.1, np.float32)
-        seg = np.zeros((size, size), np.int32)
-        seg[c - 32:c + 33, c - 32:c + 33][blob > 0.3] = 1
-        fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(sci, hdr, name="SCI"), fits.ImageHDU(err, hdr, name="ERR"),
-                      fits.ImageHDU(seg, hdr, name="SEG")]).writeto(folder / f"{b}.fits", overwrite=True)
-        del sci, err, seg
+    write_field(folder, galaxies=[{"id": "centre", "y": c, "x": c, "redshift": 2.0}], mosaic_shape=(size, size),
+                seed=seed, config=None)
 
 
 def child_mosaic(args) -> None:
     import pegleg
+    from pegleg.synth import FIELD_BANDS
 
     size = int(args.size)
-    psf = np.zeros((9, 9))
-    psf[4, 4] = 1.0
+    folder = Path(args.input)
+    source = {b: {k: folder / "mosaics" / f"{b}_{k}.fits" for k in ("sci", "err")} | {"seg": folder / "mosaics" / "seg.fits"}
+              for b in FIELD_BANDS}
     t0 = time.perf_counter()
-    ds = pegleg.open_stamps(args.input, center=(size // 2, size // 2), size=65, psf={"*": psf})
+    ds = pegleg.open_stamps(source, center=(size // 2, size // 2), size=65, psf=folder / "psf")
     dt = time.perf_counter() - t0
     print(json.dumps({"size": size, "seconds": dt, "peak_rss_gb": _rss_gb(),
-                      "mosaic_gb": sum(p.stat().st_size for p in Path(args.input).glob("*.fits")) / 1e9,
+                      "mosaic_gb": sum(p.stat().st_size for p in (folder / "mosaics").glob("*.fits")) / 1e9,
                       "stamp": [int(v) for v in ds["image"].shape],
                       "peak_flux": float(ds["image"].sel(band="F444W").max())}))
 
