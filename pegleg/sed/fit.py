@@ -208,12 +208,12 @@ def psis(log_w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return lw, khat
 
 
-def _kl_from_cdf(c: np.ndarray, log_w: np.ndarray, ess: np.ndarray) -> np.ndarray:
-    """KL(post || prior) (N,) from prior-CDF values ``c`` (N, n) in [0, 1] and log weights."""
-    b = np.clip((c * _KL_BINS).astype(np.intp), 0, _KL_BINS - 1)
-    w = np.exp(log_w)
-    p = np.zeros((c.shape[0], _KL_BINS))
-    np.add.at(p, (np.arange(c.shape[0])[:, None], b), w)
+def _kl_from_bins(b: np.ndarray, log_w: np.ndarray, ess: np.ndarray) -> np.ndarray:
+    """KL(post || prior) (N,) from the draws' prior-probability bins ``b`` (N, n) in
+    ``[0, _KL_BINS)`` (equal prior mass per bin) and their log weights."""
+    n = b.shape[0]
+    b = b + np.arange(n)[:, None] * _KL_BINS
+    p = np.bincount(b.ravel(), weights=np.exp(log_w).ravel(), minlength=n * _KL_BINS).reshape(n, _KL_BINS)
     p /= np.maximum(p.sum(axis=1, keepdims=True), 1e-300)
     with np.errstate(divide="ignore", invalid="ignore"):
         kl = np.where(p > 0, p * np.log(p * _KL_BINS), 0.0).sum(axis=1)
@@ -222,22 +222,29 @@ def _kl_from_cdf(c: np.ndarray, log_w: np.ndarray, ess: np.ndarray) -> np.ndarra
     return np.maximum(kl, 0.0)
 
 
+def _kl_from_cdf(c: np.ndarray, log_w: np.ndarray, ess: np.ndarray) -> np.ndarray:
+    """KL(post || prior) (N,) from prior-CDF values ``c`` (N, n) in [0, 1] and log weights."""
+    return _kl_from_bins(np.clip((np.asarray(c) * _KL_BINS).astype(np.intp), 0, _KL_BINS - 1), log_w, ess)
+
+
 class _AgePrior:
-    """Prior CDF of log_age_mw at a redshift, from emulator prior draws (cached)."""
+    """Prior of log_age_mw at a redshift, from emulator prior draws (cached): the edges of
+    its ``_KL_BINS`` equal-probability bins."""
 
     def __init__(self, emulator, n: int = 4000):
         self.emulator, self.n, self._cache = emulator, n, {}
 
-    def cdf(self, z: float, values: np.ndarray) -> np.ndarray:
+    def bins(self, z: float, values: np.ndarray) -> np.ndarray:
+        """Equal-prior-probability bin (0 .. _KL_BINS - 1) of each value."""
         key = round(float(z), 2)
         if key not in self._cache:
             emu = self.emulator
             th = emu.sample_prior(self.n, seed=12345)
             th[:, emu.param_names.index("redshift")] = key
             th[:, emu.param_names.index("log_mass_formed")] = 10.0
-            self._cache[key] = np.sort(emu.derived(th, strict=False)["log_age_mw"])
-        grid = self._cache[key]
-        return np.searchsorted(grid, values) / grid.size
+            age = emu.derived(th, strict=False)["log_age_mw"]
+            self._cache[key] = np.quantile(age, np.arange(1, _KL_BINS) / _KL_BINS)
+        return np.searchsorted(self._cache[key], values)
 
 
 class _Problem:
@@ -449,13 +456,17 @@ def _information_gain(prob, rows, dst, vals, log_w, ess, out):
         c_av = (vals["av"] - alo) / (ahi - alo)
     else:
         c_av = np.full_like(c_mass, np.nan)
-    c_age = np.empty_like(c_mass)
+    b_age = np.empty(c_mass.shape, dtype=np.intp)
     zs = prob.z[rows]
     for z in np.unique(np.round(zs, 2)):
         sel = np.round(zs, 2) == z
-        c_age[sel] = prob.age_prior.cdf(z, vals["log_age_mw"][sel])
-    for j, c in enumerate((c_mass, c_age, c_av)):
-        out["information_gain"][dst, j] = _kl_from_cdf(np.clip(c, 0, 1), log_w, ess)
+        b_age[sel] = prob.age_prior.bins(z, vals["log_age_mw"][sel])
+    for j, c in enumerate((c_mass, None, c_av)):
+        if c is not None and not np.isfinite(c).any():          # an emulator without the parameter
+            out["information_gain"][dst, j] = np.nan
+            continue
+        b = b_age if c is None else np.clip((np.nan_to_num(c, nan=0.0) * _KL_BINS).astype(np.intp), 0, _KL_BINS - 1)
+        out["information_gain"][dst, j] = _kl_from_bins(b, log_w, ess)
 
 
 def _systematic_resample(log_w, n, rng):
@@ -532,30 +543,42 @@ def _fit_importance(prob, net, rows, dst, n_draws, ess_target, n_samples, rng, o
 
 
 def _fit_fast(prob, net, rows, dst, n_draws, n_samples, rng, out):
+    """The network's mixtures alone.
+
+    Only what the outputs need is drawn: the proposal's marginal over ``av``,
+    ``log_metallicity`` and the mass (3 of its dimensions) and the summary mixture
+    (stellar mass, SFRs, age).  ``chi2`` and the model fluxes come from one emulator call
+    at the mean of the proposal's most probable component (measured on 4096 prior pixels:
+    median chi2 20.3 against 20.7 at the per-parameter median of the draws, which needed
+    every dimension drawn; 95th percentile 68.7 against 75.0).  Full joint draws are made
+    only for ``n_samples``.
+    """
     idx = _check_network(net, prob)
     f, s, v = _network_inputs(net, idx, prob, rows)
     prop, summ, log_scale = net(f, s, v, prob.z[rows])
     R = len(rows)
     d = len(prob.fit_idx)
-    a = prop.sample(n_draws, rng)
+    shape_dims = [prob.fit_names.index(n) for n in ("av", "log_metallicity") if n in prob.fit_names]
+    a = prop.marginal(shape_dims + [d]).sample(n_draws, rng)
     b = summ.sample(n_draws, rng)
-    theta_fit, _ = net.from_unconstrained(a[..., :d], jacobian=False)
     ls = log_scale[:, None]
     P = prob.emu.param_names
-    vals = {"log_mass_formed": a[..., d] + ls, "log_stellar_mass": b[..., 0] + ls,
+    vals = {"log_mass_formed": a[..., -1] + ls, "log_stellar_mass": b[..., 0] + ls,
             "log_sfr100": b[..., 1] + ls, "log_sfr10": b[..., 2] + ls, "log_age_mw": b[..., 3],
             "redshift": np.broadcast_to(prob.z[rows, None], (R, n_draws))}
     vals["log_ssfr"] = vals["log_sfr100"] - vals["log_stellar_mass"]
-    for name in ("av", "log_metallicity"):
-        if name in prob.fit_names:
-            vals[name] = theta_fit[..., prob.fit_names.index(name)]
+    if shape_dims:
+        lo, hi = net.bounds[shape_dims, 0], net.bounds[shape_dims, 1]
+        shape = lo + (hi - lo) * special.expit(a[..., :-1])
+        for j, i in enumerate(shape_dims):
+            vals[prob.fit_names[i]] = shape[..., j]
     for q in QUANTITIES:
         if q in vals:
             out[q][dst] = weighted_quantiles(vals[q], None)
-    # one emulator call per pixel at the median shape parameters for chi2 and the model
-    med = np.median(theta_fit, axis=1)
+    # one emulator call per object, at the mean of the proposal's most probable component
+    top = prop.mean[np.arange(R), np.argmax(prop.log_weights, axis=1), :d]
     theta = np.empty((R, len(P)))
-    theta[:, prob.fit_idx] = med
+    theta[:, prob.fit_idx] = net.from_unconstrained(top, jacobian=False)[0]
     theta[:, prob.im] = prob.ref_mass
     theta[:, prob.iz] = prob.z[rows]
     g, _ = prob.emu.evaluate(theta, prob.filters, strict=False)
@@ -568,9 +591,10 @@ def _fit_fast(prob, net, rows, dst, n_draws, n_samples, rng, out):
     out["mass_draws"][dst, :k] = vals["log_stellar_mass"][:, :k]
     out["sfr_draws"][dst, :k] = vals["log_sfr100"][:, :k]
     if n_samples:
+        joint = prop.sample(n_samples, rng)
         th = np.empty((R, n_samples, len(P)))
-        th[..., prob.fit_idx] = theta_fit[:, :n_samples]
-        th[..., prob.im] = vals["log_mass_formed"][:, :n_samples]
+        th[..., prob.fit_idx] = net.from_unconstrained(joint[..., :d], jacobian=False)[0]
+        th[..., prob.im] = joint[..., d] + ls
         th[..., prob.iz] = prob.z[rows, None]
         out["samples"][dst] = th
 
