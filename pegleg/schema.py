@@ -82,6 +82,7 @@ VARIABLES: dict[str, tuple[tuple[str, ...], str, str]] = {
 
 # -- outputs of the deconvolve step -------------------------------------------
 MODEL, MODEL_CONVOLVED, RESIDUAL, IMAGE_OBSERVED = "model", "model_convolved", "residual", "image_observed"
+MODEL_ERROR, ERROR_OBSERVED = "model_error", "error_observed"
 FLUX_TOTAL, FLUX_TOTAL_ERROR, R50, R80, SKY, SKY_NOISE = (
     "flux_total", "flux_total_error", "r50", "r80", "sky", "sky_noise")
 CHI2_REDUCED, RESIDUAL_FRACTION = "chi2_reduced", "residual_fraction"
@@ -97,6 +98,9 @@ VARIABLES.update({
     MODEL_CONVOLVED: ((BAND, Y, X), IMAGE_UNIT, "multi-Gaussian model convolved with the PSF (no sky)"),
     RESIDUAL: ((BAND, Y, X), IMAGE_UNIT, "observed image - sky - convolved model (NaN where masked)"),
     IMAGE_OBSERVED: ((BAND, Y, X), IMAGE_UNIT, "flux per pixel before the deconvolve step"),
+    MODEL_ERROR: ((BAND, Y, X), IMAGE_UNIT, "1-sigma uncertainty of the intrinsic model per pixel "
+                                            "(parametric bootstrap at the fitted shape)"),
+    ERROR_OBSERVED: ((BAND, Y, X), IMAGE_UNIT, "1-sigma uncertainty per pixel before the deconvolve step"),
     FLUX_TOTAL: ((BAND,), IMAGE_UNIT, "total flux of the intrinsic model"),
     FLUX_TOTAL_ERROR: ((BAND,), IMAGE_UNIT, "1-sigma uncertainty of the total model flux (bootstrap at the fitted shape)"),
     R50: ((BAND,), "arcsec", "semi-major axis enclosing 50% of the model flux"),

@@ -7,21 +7,36 @@ from pegleg import synth
 from pegleg.exceptions import SchemaError
 
 
-@pytest.fixture(scope="module")
-def fitted():
+BANDS = ["F090W", "F115W", "F150W", "F200W", "F277W", "F356W", "F410M", "F444W"]
+#: a star-forming population (rising recent SFH: strong emission lines)
+STAR_FORMING = {"av": 0.4, "log_metallicity": -0.5, "log_u": -2.0, "dsfr1": 0.5, "dsfr2": 0.4, "dsfr3": 0.2}
+
+
+def _fit_central_pixels(bands=BANDS, **components):
     from pegleg.sed import load_emulator
 
     emu = load_emulator()
-    bands = ["F090W", "F115W", "F150W", "F200W", "F277W", "F356W", "F410M", "F444W"]
-    # a star-forming disk (rising recent SFH: strong emission lines) around an old bulge
-    disk = {"log_mass": 9.9, "sed": {"av": 0.4, "log_metallicity": -0.5, "log_u": -2.0, "dsfr1": 0.5,
-                                     "dsfr2": 0.4, "dsfr3": 0.2}}
-    obs, truth = synth.galaxy(bands, shape=(33, 33), redshift=2.0, physical=True, emulator=emu, seed=5,
-                              snr_peak=150.0, disk=disk)
+    obs, truth = synth.galaxy(list(bands), shape=(33, 33), redshift=2.0, physical=True, emulator=emu, seed=5,
+                              snr_peak=150.0, **components)
     region = np.zeros((33, 33), bool)
     region[15:18, 15:18] = True                      # the central 3x3 pixels
     fit = obs.pegleg.deconvolve(n_workers=1).pegleg.sedfit(region=region, keep_samples=12, seed=2)
     return truth, fit, region
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    """A star-forming disk around an old bulge: every pixel mixes two populations."""
+    return _fit_central_pixels(disk={"log_mass": 9.9, "sed": STAR_FORMING})
+
+
+@pytest.fixture(scope="module")
+def fitted_single():
+    """One star-forming population (no disk): every pixel has the same known parameters; the 19
+    JOF bands (the medium bands constrain the lines)."""
+    from pegleg.sed.fit import JOF_FILTERS
+
+    return _fit_central_pixels(JOF_FILTERS, bulge={"log_mass": 9.9, "sed": STAR_FORMING}, disk=False)
 
 
 def test_predicted_spectrum_matches_truth(fitted):
@@ -79,8 +94,7 @@ def _write_s3d(path, flux_ujy, err_ujy, wl0, dwl, scale):
                   fits.ImageHDU(err_ujy * to_mjysr, h, name="ERR")]).writeto(path)
 
 
-@pytest.fixture(scope="module")
-def ifu_comparison(fitted, tmp_path_factory):
+def _ifu_comparison(fitted, folder):
     """An IFU cube made from the same truth (PRISM resolution, noise) and the comparison of its
     region spectrum with the spectrum predicted by the resolved fit of the image pixels."""
     from pegleg import spectrum as sp
@@ -95,12 +109,22 @@ def ifu_comparison(fitted, tmp_path_factory):
     n_spax = region.sum()
     sig_spax = np.median(region_true) / 30 / np.sqrt(n_spax)        # S/N ~ 30 for the region's spectrum
     noisy = cube + np.random.default_rng(7).normal(0, sig_spax, cube.shape)
-    path = tmp_path_factory.mktemp("ifu") / "synthetic_s3d.fits"
+    path = folder / "synthetic_s3d.fits"
     _write_s3d(path, noisy, np.full(cube.shape, sig_spax), wl[0], wl[1] - wl[0], float(truth.attrs["pixel_scale"]))
     observed = sp.extract(sp.read(path), region)
     np.testing.assert_allclose(observed["flux"].values, noisy[:, region].sum(axis=1), rtol=1e-5)
     pred = sp.predict_spectrum(fit, region)
     return observed, pred, sp.compare(pred, observed, z=2.0)
+
+
+@pytest.fixture(scope="module")
+def ifu_comparison(fitted, tmp_path_factory):
+    return _ifu_comparison(fitted, tmp_path_factory.mktemp("ifu"))
+
+
+@pytest.fixture(scope="module")
+def ifu_single(fitted_single, tmp_path_factory):
+    return _ifu_comparison(fitted_single, tmp_path_factory.mktemp("ifu_single"))
 
 
 def test_synthetic_ifu_continuum(ifu_comparison):
@@ -115,17 +139,17 @@ def test_synthetic_ifu_continuum(ifu_comparison):
     assert np.all(np.abs(cr[1:]) < 0.05)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9: the pixel fits of the composite (old bulge + star-forming disk) "
-                   "pixels under-predict [OIII]: (Hbeta+[OIII])/Halpha 0.92 predicted vs 2.16 in the cube "
-                   "(error 0.11); HeI and Pa-beta over-predicted 1.6-2x")
-def test_synthetic_ifu_lines(ifu_comparison):
+def _check_lines(observed, pred, res):
+    """Issue 9: line ratios within 3 sigma of the cube's; absolute line fluxes of the lines the
+    cube detects at S/N >= 5 (at least 3) within 3 combined sigma.  Returns the compared lines."""
     from pegleg import spectrum as sp
 
-    observed, pred, res = ifu_comparison
     ro, roe, rm = res.line_ratio_observed.values, res.line_ratio_observed_error.values, res.line_ratio_model.values
     ok = roe > 0
     assert ok.sum() >= 2
-    assert np.all(np.abs(ro[ok] - rm[ok]) < 3 * roe[ok])
+    rme = res.line_ratio_model_error.values
+    assert np.all(np.abs(ro[ok] - rm[ok]) < 3 * np.hypot(roe[ok], rme[ok])), (res.line.values[ok], ro[ok], roe[ok],
+                                                                                rm[ok], rme[ok])
     # absolute line fluxes through the same instrument (PRISM resolution, pixels, blends)
     meas = sp.line_fluxes(observed, 2.0)
     wlo = observed["wavelength"].values
@@ -144,3 +168,22 @@ def test_synthetic_ifu_lines(ifu_comparison):
         lo, mid, hi = (float(pl[qv].sel(line=name)) for qv in (0.16, 0.5, 0.84))
         assert abs(m - mid) < 3 * np.hypot(me, 0.5 * abs(hi - lo)), (str(name), m, me, lo, mid, hi)
     assert len(compared) >= 3, compared
+    return compared
+
+
+@pytest.mark.xfail(strict=True, reason="issue 9, measured 2026-11-27 (19 bands, honest deconvolution errors): "
+                   "D4000 1.088 vs 1.136 (ok); line ratios to Hbeta+[OIII]: Halpha+[NII] 0.91 +- 0.25 vs 0.45 +- "
+                   "0.02 (ok within 3 sigma), but Pa-beta 0.098 +- 0.013 vs 0.032 and HeI 0.127 +- 0.027 vs 0.047: "
+                   "the fitted log_u/metallicity give weaker [OIII] than the truth (the emulator is also 7% low "
+                   "in F150W, where [OIII] falls, for this strong-line model)")
+def test_synthetic_ifu_lines_single_population(ifu_single):
+    observed, pred, res = ifu_single
+    assert abs(float(res.d4000_observed) / float(res.d4000_model) - 1) < 0.10
+    _check_lines(observed, pred, res)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 9: the pixel fits of the composite (old bulge + star-forming disk) "
+                   "pixels under-predict [OIII]: (Hbeta+[OIII])/Halpha 0.92 predicted vs 2.16 in the cube "
+                   "(error 0.11); HeI and Pa-beta over-predicted 1.6-2x (outshining: one population per pixel)")
+def test_synthetic_ifu_lines_composite(ifu_comparison):
+    _check_lines(*ifu_comparison)

@@ -348,7 +348,7 @@ def fit_multigauss(image: np.ndarray, error: np.ndarray, mask: np.ndarray, psf_s
     chi2 = float(r @ r)
     ndof = int(use.sum() - (K + nsky + 4))
     noise_scale = np.sqrt(max(chi2 / max(ndof, 1), 1.0))
-    flux_err, sky_err = _bootstrap_errors(A, coef, lb, ub, K, scale=noise_scale, n_draws=n_bootstrap)
+    flux_err, sky_err, boot = _bootstrap_errors(A, coef, lb, ub, K, scale=noise_scale, n_draws=n_bootstrap)
     Qf, Rf = np.linalg.qr(A)  # the linear problem at the fitted shape, for posterior sampling
     q, phi = float(res.x[2]), float(res.x[3])
     phi = float(np.mod(phi, np.pi))
@@ -356,19 +356,20 @@ def fit_multigauss(image: np.ndarray, error: np.ndarray, mask: np.ndarray, psf_s
                          phi=phi, sky=coef[K:] * unit, sky_model=sky_model, chi2=chi2, ndof=ndof,
                          flux_error=flux_err * unit, success=bool(res.success), message=str(res.message),
                          info={"nfev": int(res.nfev), "initial": mom, "sky_noise": sky_noise * unit,
-                               "sky_error": sky_err * unit,
+                               "sky_error": sky_err * unit, "bootstrap_flux": boot[:, :K] * unit,
                                "linear": {"R": Rf / unit, "qtb": Qf.T @ b, "scale": float(noise_scale)},
                                "sky_pixels": int(skypix.sum())})
 
 
 def _bootstrap_errors(A, coef, lb, ub, K, *, scale: float, n_draws: int, seed: int = 0):
-    """Std of the total flux and of the sky constant over parametric-bootstrap refits.
+    """Std of the total flux and of the sky constant over parametric-bootstrap refits, and the
+    refitted coefficients (n_draws, K + n_sky).
 
     ``A`` and the data are whitened (unit noise), so simulated data are ``A coef + N(0, 1)``
     (times ``scale``, the sqrt of the reduced chi^2 when it exceeds 1).  Deterministic for a seed.
     """
     if n_draws < 2:
-        return float("nan"), float("nan")
+        return float("nan"), float("nan"), np.zeros((0, A.shape[1]))
     Q, R = np.linalg.qr(A)
     rng = np.random.default_rng(seed)
     base = R @ coef
@@ -377,7 +378,7 @@ def _bootstrap_errors(A, coef, lb, ub, K, *, scale: float, n_draws: int, seed: i
                       for _ in range(n_draws)])
     flux = draws[:, :K].sum(1)
     sky = draws[:, K] if draws.shape[1] > K else np.zeros(n_draws)
-    return float(np.std(flux, ddof=1)), float(np.std(sky, ddof=1))
+    return float(np.std(flux, ddof=1)), float(np.std(sky, ddof=1)), draws
 
 
 def _sky_pixels(use, region, mom, sky_region) -> np.ndarray:
