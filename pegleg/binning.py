@@ -601,7 +601,10 @@ def binned(ds: xr.Dataset, bands: Sequence[str] | str | None = None, *,
     xarray.Dataset
         Dims ``bin`` (the ``bin_id`` values present) and ``band``: ``flux`` (sum of
         ``image`` over the bin's pixels that are unmasked in that band; NaN if none is),
-        ``error`` (quadrature sum of their errors x covariance factor), ``n_pixels``,
+        ``error`` (quadrature sum of their errors x covariance factor; for a deconvolved
+        Dataset the quadrature sum of ``error_observed`` x factor and, in quadrature, the
+        exact error of the bin's summed intrinsic model from the deconvolution's
+        bootstrap draws, :func:`pegleg.deconvolve.region_model_error`), ``n_pixels``,
         ``bin_y``/``bin_x`` (centroid weighted by the positive binning-band flux;
         geometric centroid when a bin has none) and ``snr`` (stacked flux / stacked
         error of the binning band(s) recorded in ``bin_id.attrs['bands']``, default
@@ -636,14 +639,28 @@ def binned(ds: xr.Dataset, bands: Sequence[str] | str | None = None, *,
     msk = np.asarray(ds[S.MASK].transpose(S.BAND, S.Y, S.X).values, dtype=bool)
     with np.errstate(invalid="ignore"):
         valid = ~msk & np.isfinite(img) & np.isfinite(err) & (err > 0)
+    # deconvolved data: the data error of the residuals in quadrature, the model's error of the
+    # bin's sum exactly from the bootstrap draws (neighbouring pixels' model errors are correlated)
+    exact = S.MGM_FLUX_DRAWS in ds and S.ERROR_OBSERVED in ds
+    if exact:
+        from .deconvolve import region_model_error
+
+        data_err = np.asarray(ds[S.ERROR_OBSERVED].transpose(S.BAND, S.Y, S.X).values, dtype=float)
+        labels = np.full(bid.shape, -1)
+        labels[inbin] = inv
+        need = list(dict.fromkeys(list(sel) + bin_bands))
+        model_err = dict(zip(need, region_model_error(ds.transpose(S.BAND, S.Y, S.X, ...), labels, need).T))
 
     def sums(b):
         i = all_b.index(b)
         v = valid[i][inbin]
         f = np.bincount(inv, np.where(v, img[i][inbin], 0.0), minlength=nb)
-        e2 = np.bincount(inv, np.where(v, err[i][inbin], 0.0) ** 2, minlength=nb)
+        e = data_err if exact else err
+        e2 = factors[b] ** 2 * np.bincount(inv, np.where(v, e[i][inbin], 0.0) ** 2, minlength=nb)
+        if exact:
+            e2 = e2 + np.nan_to_num(model_err[b]) ** 2
         n = np.bincount(inv, v.astype(float), minlength=nb)
-        return np.where(n > 0, f, np.nan), np.where(n > 0, factors[b] * np.sqrt(e2), np.nan)
+        return np.where(n > 0, f, np.nan), np.where(n > 0, np.sqrt(e2), np.nan)
 
     flux = np.empty((nb, len(sel)))
     error = np.empty((nb, len(sel)))

@@ -53,6 +53,7 @@ __all__ = [
 # ---------------------------------------------------------------------------
 BAND, Y, X, PSF_Y, PSF_X = "band", "y", "x", "psf_y", "psf_x"
 COMPONENT = "component"
+BOOTSTRAP = "bootstrap"
 QUANTILE = "quantile"
 IMAGE, ERROR, MASK, PSF, SEGMENTATION = "image", "error", "mask", "psf", "segmentation"
 WAVELENGTH = "wavelength"
@@ -82,7 +83,7 @@ VARIABLES: dict[str, tuple[tuple[str, ...], str, str]] = {
 
 # -- outputs of the deconvolve step -------------------------------------------
 MODEL, MODEL_CONVOLVED, RESIDUAL, IMAGE_OBSERVED = "model", "model_convolved", "residual", "image_observed"
-MODEL_ERROR, ERROR_OBSERVED = "model_error", "error_observed"
+MODEL_ERROR, ERROR_OBSERVED, MGM_FLUX_DRAWS = "model_error", "error_observed", "mgm_flux_draws"
 FLUX_TOTAL, FLUX_TOTAL_ERROR, R50, R80, SKY, SKY_NOISE = (
     "flux_total", "flux_total_error", "r50", "r80", "sky", "sky_noise")
 CHI2_REDUCED, RESIDUAL_FRACTION = "chi2_reduced", "residual_fraction"
@@ -117,6 +118,8 @@ VARIABLES.update({
     FIT_MESSAGE: ((BAND,), "1", "fit status or the error that stopped it"),
     MGM_SIGMA: ((BAND, COMPONENT), "pixel", "major-axis width of each Gaussian component"),
     MGM_FLUX: ((BAND, COMPONENT), IMAGE_UNIT, "flux of each Gaussian component"),
+    MGM_FLUX_DRAWS: ((BAND, BOOTSTRAP, COMPONENT), IMAGE_UNIT,
+                     "component fluxes of the parametric-bootstrap refits at the fitted shape"),
     FLUX_TOTAL_POSTERIOR: ((BAND, QUANTILE), IMAGE_UNIT, "posterior quantiles of the total flux at the fitted shape"),
     R50_POSTERIOR: ((BAND, QUANTILE), "arcsec", "posterior quantiles of r50 at the fitted shape"),
     MATCH_EE_ERROR: ((BAND,), "1", "max abs encircled-energy difference of the matched PSF and the target PSF "

@@ -330,6 +330,37 @@ def test_covariance_factor_in_bin_and_binned(synth):
     assert "note" not in t1["error"].attrs
 
 
+def test_binned_errors_of_deconvolved_data():
+    """Deconvolved bins: the data error of the residuals in quadrature plus the exact error of
+    the bin's summed model (bootstrap draws).  The bins' deviations from the true bin sums,
+    in units of that error, have a standard deviation near 1 (measured over 6 seeds, 44 bins
+    of 65-104 pixels: 0.95 in F150W, 1.03 in F444W)."""
+    from pegleg.deconvolve import region_model_error
+
+    bands = ["F150W", "F444W"]
+    pulls = {b: [] for b in bands}
+    for seed in range(3):
+        obs, truth = galaxy(bands, seed=seed)
+        out = bin_pixels(obs.pegleg.deconvolve(sky_model="none"), 45, band="F444W")
+        t = binned(out)
+        bid = out["bin_id"].values
+        labels = np.searchsorted(t["bin"].values, bid)
+        labels[bid < 0] = -1
+        model_err = region_model_error(out, labels, bands)
+        for j, b in enumerate(bands):
+            valid = ~out["mask"].sel(band=b).values
+            e_obs = out["error_observed"].sel(band=b).values
+            data2 = np.array([np.sum(e_obs[(bid == i) & valid] ** 2) for i in t["bin"].values])
+            np.testing.assert_allclose(t["error"].sel(band=b).values, np.sqrt(data2 + model_err[:, j] ** 2))
+            tv = truth["image"].sel(band=b).values
+            tsum = np.array([tv[(bid == i) & valid].sum() for i in t["bin"].values])
+            pulls[b] += list((t["flux"].sel(band=b).values - tsum) / t["error"].sel(band=b).values)
+    for b in bands:
+        assert len(pulls[b]) >= 15 and 0.7 < np.std(pulls[b]) < 1.4, (b, len(pulls[b]), np.std(pulls[b]))
+    with pytest.raises(SchemaError, match="shape"):
+        region_model_error(out, labels[:-1])
+
+
 def test_correlated_noise_note():
     ds, _ = galaxy(["F444W"], shape=(33, 33), seed=4)
     ds.attrs["resolution"] = "matched:F444W"
