@@ -228,10 +228,11 @@ def test_sedfit_roundtrip_and_errors(synthetic_fit, tmp_path, emulator, network)
 @pytest.mark.parametrize("gid", [
     "36", pytest.param("531", marks=pytest.mark.slow),
     pytest.param("778", marks=[pytest.mark.slow, pytest.mark.xfail(
-        strict=True, reason="median reduced chi2 4.9 (> 3) with calibrated errors; pixel-sum vs integrated -0.03 dex")])])
+        strict=True, reason="median reduced chi2 4.6 (> 3) with calibrated errors; pixel-sum vs integrated -0.05 dex")])])
 def test_jof_galaxies(shared_data, gid, emulator, network):
-    """Measured (bundled network, calibrated errors): JOF-36 792 pixels, median reduced chi2 1.2,
-    pixel-sum - integrated +0.10 dex; JOF-531 356 pixels, 2.1, -0.09 dex; JOF-778 246 pixels, 4.9, -0.03."""
+    """Measured (bundled network, calibrated errors, deconvolution model errors): JOF-36 792 pixels,
+    median reduced chi2 1.16, pixel-sum - integrated +0.065 dex; JOF-531 356 pixels, 2.02, -0.060 dex;
+    JOF-778 246 pixels, 4.62, -0.054 (JOF-478, not tested: 56 pixels, 6.4, +0.65)."""
     root = shared_data / "jades-origins-field"
     src = json.loads((root / "galaxies" / gid / "source.json").read_text())
     with warnings.catch_warnings():
@@ -262,9 +263,9 @@ def _profiles(fit):
 
 
 def test_mass_profile_against_truth(synthetic_fit):
-    """Measured: within 0.12 dex out to 5 r50 (worst: the annulus at 1.5 px, where the deconvolved
-    light is already 0.06 dex low), total mass within 0.04 dex, half-mass radius +12-15%
-    (emulator v2 / v3)."""
+    """Measured (with the deconvolution model errors in the pixel fits): within 0.108 dex out to
+    5 r50 (worst: the outermost, extrapolated annulus; 0.05 dex at most inside 4 r50), total mass
+    within 0.02 dex, half-mass radius +4.4% (before: 0.127 dex at 1.5 px, +15%)."""
     mp, tp, d = _profiles(synthetic_fit)
     truth = synthetic_fit[1]
     assert mp["extrapolated"].values.any() and mp["reliable"].values[0]
@@ -274,8 +275,10 @@ def test_mass_profile_against_truth(synthetic_fit):
     assert abs(mp.attrs["r50_mass"][1] / float(tp["r50"]) - 1) < 0.2
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8 acceptance not met yet: profile 0.12 dex low in the annulus at "
-                   "1.5 px and half-mass radius +12-15% (limit 0.1 dex / 10%)")
+@pytest.mark.xfail(strict=True, reason="issue 8 acceptance not met yet (measured 2026-11-27 with the deconvolution "
+                   "model errors): every annulus within 0.07 dex except the last one inside 5 r50, 0.108 dex low "
+                   "(limit 0.1; the extrapolated part: the multi-Gaussian light model falls too fast there); "
+                   "half-mass radius now within 10%")
 def test_mass_profile_acceptance(synthetic_fit):
     mp, tp, d = _profiles(synthetic_fit)
     assert np.all(np.abs(d) < 0.1), d
@@ -284,7 +287,7 @@ def test_mass_profile_acceptance(synthetic_fit):
 
 @pytest.mark.xfail(strict=True, reason="issues 7/8: in the colour-gradient galaxy the inner pixels' masses are "
                    "0.15-0.29 dex low (composite bulge+disk populations with different dust and metallicity, "
-                   "and ESS < 10 at S/N > 50), so the fitted M/L-colour slope is 0.05 vs 0.23 true")
+                   "and ESS < 10 at S/N > 50), so the fitted M/L-colour slope is 0.044 vs 0.225 true")
 def test_ml_colour_slope(gradient_fit):
     from pegleg.mass_profile import ml_colour
 
