@@ -99,8 +99,19 @@ def calibrate_errors(ds: xr.Dataset, *, sky=None, min_pixels: int = 50) -> xr.Da
         warnings.warn(f"calibrate_errors: bands {few} have fewer than {min_pixels} sky pixels; error kept",
                       PeglegWarning, stacklevel=2)
     out = ds.copy()
-    out[S.ERROR] = ds[S.ERROR] * xr.DataArray(factors, dims=S.BAND)
+    fac = xr.DataArray(factors, dims=S.BAND)
+    out[S.ERROR] = ds[S.ERROR] * fac
     out[S.ERROR].attrs = dict(ds[S.ERROR].attrs)
+    # a deconvolved Dataset: its error is sqrt(error_observed**2 + model_error**2) and the model's
+    # bootstrap noise was drawn at the input error level, so every part scales by the same factor
+    # (the bootstrap draws about the best fit, so that bin errors from them scale too)
+    for name in (S.ERROR_OBSERVED, S.MODEL_ERROR):
+        if name in ds:
+            out[name] = (ds[name] * fac).assign_attrs(ds[name].attrs)
+    if S.MGM_FLUX_DRAWS in ds and S.MGM_FLUX in ds:
+        best = ds[S.MGM_FLUX]
+        out[S.MGM_FLUX_DRAWS] = (best + (ds[S.MGM_FLUX_DRAWS] - best) * fac).transpose(
+            *ds[S.MGM_FLUX_DRAWS].dims).assign_attrs(ds[S.MGM_FLUX_DRAWS].attrs)
     # a second calibration multiplies: error_scale stays the total factor applied to the input errors
     total = factors * (ds[ERROR_SCALE].values if ERROR_SCALE in ds else 1.0)
     out[ERROR_SCALE] = xr.DataArray(total, dims=S.BAND, attrs={"units": "1", "long_name": S.VARIABLES[ERROR_SCALE][2]})

@@ -34,6 +34,28 @@ def test_calibrate_errors_recovers_the_true_noise(wrong):
     np.testing.assert_allclose(ratio[:, 0, 0], again["error_scale"].values, rtol=1e-12)
 
 
+def test_calibrate_errors_after_deconvolve_scales_every_part():
+    """After deconvolve, error, error_observed, model_error and the bootstrap draws' spread (so
+    the bin errors of ``binned``) all take the band's factor; the best fit does not move."""
+    from pegleg.binning import bin as bin_pixels, binned
+
+    obs, _ = synth.galaxy(["F150W", "F444W"], shape=(65, 65), seed=3)
+    bad = obs.copy()
+    bad["error"] = obs["error"] * 3.0
+    dec = bad.pegleg.deconvolve(sky_model="none", n_workers=1)
+    out = calibrate_errors(dec)
+    f = out["error_scale"].values
+    np.testing.assert_allclose(f, 1 / 3.0, rtol=0.05)
+    for name in ("error", "error_observed", "model_error"):
+        np.testing.assert_allclose(out[name].values, dec[name].values * f[:, None, None], rtol=1e-12)
+    np.testing.assert_allclose(out["error"].values, np.hypot(out["error_observed"], out["model_error"]).values,
+                               rtol=1e-12)
+    np.testing.assert_array_equal(out["mgm_flux"].values, dec["mgm_flux"].values)
+    bins = bin_pixels(dec, 15, band="F444W")["bin_id"]
+    t0, t1 = binned(dec.assign(bin_id=bins)), binned(out.assign(bin_id=bins))
+    np.testing.assert_allclose(t1["error"].values, t0["error"].values * f[None, :], rtol=1e-9)
+
+
 def test_calibrate_errors_bad_sky():
     obs, _ = synth.galaxy(["F444W"], shape=(21, 21), seed=3)
     with pytest.raises(SchemaError, match="sky"):
