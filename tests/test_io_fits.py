@@ -2,6 +2,8 @@
 
 import json
 
+import warnings
+
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -242,6 +244,19 @@ def test_bad_files(tmp_path):
     (bad / "F150W.fits").write_bytes(raw[:1000])  # truncated header
     with pytest.raises(FileFormatError, match="F150W.fits"):
         open_stamps(bad, psf={"*": gauss(9, 1.0)})
+    # a truncated mosaic (memory-mapped for cutouts) is refused and leaves no file open
+    import gc
+
+    from astropy.coordinates import SkyCoord
+
+    (bad / "F150W.fits").write_bytes(raw[: len(raw) - 3000])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(FileFormatError, match="F150W.fits"):
+            open_stamps({"F150W": bad / "F150W.fits"}, center=SkyCoord(150.0, 2.0, unit="deg"), size=5,
+                        psf={"*": gauss(9, 1.0)})
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
     noerr = tmp_path / "noerr"
     noerr.mkdir()
     write_stamp(noerr / "F150W.fits", sci, sci, header=tan_header((N, N)), with_err=False)

@@ -74,24 +74,27 @@ def _open_fits(path: Path, memmap: bool = False):
     if path.is_dir():
         raise FileFormatError(f"{path}: is a folder, expected a FITS file")
     hdul = None
+    # our own file handle, so that it is closed even when astropy fails half-way (astropy
+    # left its own handle open when a memory-mapped open of a truncated file failed)
+    fh = open(path, "rb")
     try:
         with warnings.catch_warnings():
             # astropy reports truncated or corrupt files as warnings; treat them as errors
             warnings.simplefilter("error", AstropyUserWarning)
-            if memmap:
-                hdul = fits.open(path, memmap=True, lazy_load_hdus=False)
-                for hdu in hdul:
-                    _ = hdu.data  # maps the data (a truncated file fails here), reads nothing
-            else:
-                # our own file handle, so that it is closed even when astropy fails half-way
-                with open(path, "rb") as fh:
-                    hdul = fits.open(fh, memmap=False, lazy_load_hdus=False)
-                    for hdu in hdul:
-                        _ = hdu.data  # read everything into memory now (and detect truncation)
+            hdul = fits.open(fh, memmap=bool(memmap), lazy_load_hdus=False)
+            for hdu in hdul:
+                # memmap: maps the data (a truncated file fails here) and reads nothing;
+                # otherwise reads everything into memory now (and detects truncation)
+                _ = hdu.data
     except Exception as exc:  # OSError, VerifyError, warnings-as-errors, ...
-        if memmap and hdul is not None:
+        if hdul is not None:
             hdul.close()
+        fh.close()
         raise FileFormatError(f"{path}: not a readable FITS file ({type(exc).__name__}: {exc})") from None
+    if not memmap:
+        fh.close()                      # everything is in memory
+    else:
+        hdul._pegleg_handle = fh        # closed with the HDUList by _FileCache.close
     return hdul
 
 
@@ -111,6 +114,9 @@ class _FileCache:
     def close(self) -> None:
         for hdul in self._files.values():
             hdul.close()
+            handle = getattr(hdul, "_pegleg_handle", None)
+            if handle is not None:
+                handle.close()
         self._files.clear()
 
 
