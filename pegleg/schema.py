@@ -171,7 +171,8 @@ VARIABLES.update({
     ESS: ((Y, X), "1", "importance-sampling effective sample size"),
     INFORMATION_GAIN: ((Y, X, INFO_QUANTITY), "nat",
                        "Kullback-Leibler divergence of the posterior from the prior"),
-    SEDFIT_FLAG: ((Y, X), "1", "SED-fit flags: 1 = no valid band, 2 = ESS below target, 4 = not fitted"),
+    SEDFIT_FLAG: ((Y, X), "1", "SED-fit flags: 1 = no valid band, 2 = ESS below target, 4 = not fitted, "
+                                 "8 = re-fitted by nested sampling (ESS was below target)"),
     MODEL_IMAGE: ((BAND, Y, X), IMAGE_UNIT, "posterior-mean SED model flux per pixel"),
     SED_RESIDUAL: ((BAND, Y, X), "1", "(image - model_image) / likelihood sigma"),
     POSTERIOR_SAMPLES: ((Y, X, SAMPLE, PARAM), "1",

@@ -15,7 +15,9 @@ whole galaxies) with an SED emulator.  Three methods share one likelihood and pr
     prior.  The weights are Pareto-smoothed (PSIS).  Pixels whose effective sample size
     (ESS) is below ``ess_target`` get more draws from the same proposal, enough to reach
     the target at their measured efficiency, up to ``2**(max_rounds - 1) * n_draws``;
-    ``flag`` marks pixels still below target.  (Measured with the bundled network:
+    ``flag`` marks pixels still below target; with ``low_ess="nested"`` those are
+    re-fitted by per-pixel nested sampling (the reference below; ``FLAG_NESTED`` marks
+    them, seconds per pixel).  (Measured with the bundled network:
     re-centred Gaussian (population Monte Carlo), Laplace (Gauss-Newton) proposals and a
     random-walk Metropolis move of resampled walkers gained less per emulator call than
     more draws from the network; the posteriors of pixels with ESS >= 50 are calibrated,
@@ -62,7 +64,7 @@ from ..exceptions import EmulatorError, FitError
 
 __all__ = [
     "fit_photometry", "effective_error", "QUANTITIES", "INFO_QUANTITIES", "JOF_FILTERS",
-    "FLAG_NO_DATA", "FLAG_LOW_ESS", "weighted_quantiles", "METHODS",
+    "FLAG_NO_DATA", "FLAG_LOW_ESS", "FLAG_NESTED", "LOW_ESS_ACTIONS", "weighted_quantiles", "METHODS",
 ]
 
 JOF_FILTERS = ("F435W", "F606W", "F775W", "F814W", "F850LP", "F090W", "F115W", "F150W", "F162M",
@@ -75,6 +77,9 @@ INFO_QUANTITIES = ("log_mass_formed", "log_age_mw", "av")
 METHODS = ("importance", "fast", "nested")
 FLAG_NO_DATA = 1
 FLAG_LOW_ESS = 2
+#: Importance sampling stayed below ``ess_target``; the object was re-fitted by nested sampling.
+FLAG_NESTED = 8
+LOW_ESS_ACTIONS = ("flag", "nested")
 _PROB = np.array([0.16, 0.5, 0.84])
 #: Equally weighted draws of log stellar mass and log SFR100 kept per object for totals.
 N_TOTAL_DRAWS = 32
@@ -636,8 +641,8 @@ def fit_photometry(flux, error, filters: Sequence[str], redshift, *, valid=None,
                    emulator=None, network=None, n_draws: int = 128, error_floor: float = 0.05,
                    emulator_sigma: bool = True, mass_range=(0.0, 13.0), redshift_sigma=None,
                    ess_target: float = 50.0, n_samples: int = 0, seed=0, chunk_size: int = 256,
-                   nlive: int = 200, max_rounds: int = 4, n_workers: int | None = 1, progress: bool | None = None,
-                   first_chunk: int = 0) -> dict:
+                   nlive: int = 200, max_rounds: int = 4, low_ess: str = "flag", n_workers: int | None = 1,
+                   progress: bool | None = None, first_chunk: int = 0) -> dict:
     """Fit N photometric measurements; see the module docstring.
 
     Parameters
@@ -658,6 +663,11 @@ def fit_photometry(flux, error, filters: Sequence[str], redshift, *, valid=None,
     nlive : live points of the nested-sampling reference.
     max_rounds : the draws of an object whose ESS stays below ``ess_target`` are topped
         up from the same proposal to at most ``2**(max_rounds - 1) * n_draws``.
+    low_ess : what happens to objects whose importance-sampling ESS is still below
+        ``ess_target`` after the top-ups: ``"flag"`` (default) keeps their (too narrow)
+        posteriors with ``FLAG_LOW_ESS``; ``"nested"`` re-fits them by nested sampling
+        with ``nlive`` live points (``FLAG_NESTED`` replaces ``FLAG_LOW_ESS``; tens of
+        seconds per object on one core, so for bins, integrated photometry or few pixels).
     n_workers : processes (chunks are independent; every chunk has its own random stream
         seeded by ``(seed, chunk index)``, so results do not depend on ``n_workers``).
     progress : tqdm progress bar (default: when stderr is a terminal).
@@ -675,6 +685,8 @@ def fit_photometry(flux, error, filters: Sequence[str], redshift, *, valid=None,
 
     if method not in METHODS:
         raise FitError(f"method must be one of {METHODS}, got {method!r}")
+    if low_ess not in LOW_ESS_ACTIONS:
+        raise FitError(f"low_ess must be one of {LOW_ESS_ACTIONS}, got {low_ess!r}")
     t0 = time.perf_counter()
     emu = load_emulator("default") if emulator is None else (
         load_emulator(emulator) if isinstance(emulator, str) else emulator)
@@ -705,8 +717,22 @@ def fit_photometry(flux, error, filters: Sequence[str], redshift, *, valid=None,
     for (_, rows), part in zip(tasks, results):
         for k, v in part.items():
             out[k][rows] = v
+    n_streams = len(chunks)
+    if method == "importance" and low_ess == "nested":
+        redo = np.flatnonzero((out["flag"] & FLAG_LOW_ESS) > 0)
+        if redo.size:
+            nsettings = dict(settings, method="nested")
+            ntasks = [(int(first_chunk) + n_streams + i, redo[i:i + 1]) for i in range(redo.size)]
+            nres = _parallel.parallel_imap(functools.partial(_run_chunk, prob, None, nsettings), ntasks,
+                                           n_workers=n_workers, progress=progress, desc="sedfit (nested fallback)")
+            for (_, rows), part in zip(ntasks, nres):
+                for k, v in part.items():
+                    if k != "flag":
+                        out[k][rows] = v
+            out["flag"][redo] = (out["flag"][redo] & ~FLAG_LOW_ESS) | FLAG_NESTED
+            n_streams += len(ntasks)
     if prob.z_sigma is None:
         out["redshift"][has] = prob.z[has, None]
     out["seconds"] = time.perf_counter() - t0
-    out["n_chunks"] = len(chunks)
+    out["n_chunks"] = n_streams
     return out

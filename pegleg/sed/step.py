@@ -337,7 +337,8 @@ def _concat_maps(parts: list[dict]) -> dict:
 def sedfit(ds: xr.Dataset, *, redshift=None, redshift_sigma=None, method: str = "importance",
            emulator=None, network=None, bands=None, region=None, reference_band: str | None = None,
            error_floor: float = 0.05, emulator_sigma: bool = True, mass_range=(0.0, 13.0),
-           n_draws: int = 128, keep_samples: int = 0, integrated: bool = True, binned: bool | None = None,
+           n_draws: int = 128, low_ess: str = "flag", keep_samples: int = 0, integrated: bool = True,
+           binned: bool | None = None,
            seed: int = 0, chunk_size: int = 256, n_workers: int | None = 1,
            progress: bool | None = None, out=None, block_pixels: int = 16_384) -> xr.Dataset:
     """Per-pixel (or per-bin) SED posteriors; see the module docstring.
@@ -356,6 +357,9 @@ def sedfit(ds: xr.Dataset, *, redshift=None, redshift_sigma=None, method: str = 
     reference_band : band of the ``snr`` map and of the flux weights of binned maps
         (default F444W if present, else the reddest band).
     error_floor, emulator_sigma, mass_range, n_draws : see ``fit_photometry``.
+    low_ess : ``"flag"`` (default) or ``"nested"``: pixels (bins) whose importance-sampling
+        ESS stays below 50 are flagged, or re-fitted by nested sampling (``sedfit_flag &
+        8``; tens of seconds each: meant for binned fits and small regions).
     keep_samples : store this many equally weighted posterior parameter draws per
         pixel as ``posterior_samples`` (y, x, sample, param).
     integrated : also fit the region's summed photometry (attributes).
@@ -380,7 +384,8 @@ def sedfit(ds: xr.Dataset, *, redshift=None, redshift_sigma=None, method: str = 
     setup = _Setup(ds, redshift, emulator, bands, region, reference_band, binned)
     if isinstance(block_pixels, bool) or not isinstance(block_pixels, (int, np.integer)) or block_pixels < 1:
         raise SchemaError(f"block_pixels: expected a positive integer, got {block_pixels!r}")
-    fit_kw = dict(method=method, emulator=setup.emu, network=network, n_draws=n_draws, error_floor=error_floor,
+    fit_kw = dict(method=method, emulator=setup.emu, network=network, n_draws=n_draws, low_ess=low_ess,
+                  error_floor=error_floor,
                   emulator_sigma=emulator_sigma, mass_range=mass_range, redshift_sigma=redshift_sigma,
                   n_samples=keep_samples, seed=seed, chunk_size=chunk_size, n_workers=n_workers)
     params = dict(redshift=setup.redshift, redshift_sigma=redshift_sigma, method=method,
@@ -388,7 +393,8 @@ def sedfit(ds: xr.Dataset, *, redshift=None, redshift_sigma=None, method: str = 
                   network=str(network) if network is not None else "default", bands=setup.bands,
                   region="<array>" if not (region is None or isinstance(region, str)) else region,
                   reference_band=setup.reference_band, error_floor=error_floor, emulator_sigma=emulator_sigma,
-                  mass_range=list(mass_range), n_draws=n_draws, keep_samples=keep_samples, binned=setup.binned,
+                  mass_range=list(mass_range), n_draws=n_draws, low_ess=low_ess, keep_samples=keep_samples,
+                  binned=setup.binned,
                   seed=seed, block_pixels=int(block_pixels))
     totals = _Totals(len(setup.bands))
     coords = _coords(setup, keep_samples)
