@@ -51,6 +51,19 @@ Annuli
     grown outward ring by ring until it reaches the target, so bright centres give
     annuli above the target; or ``n_annuli`` of equal width.
 
+Deconvolved data
+================
+After ``deconvolve`` a pixel's ``error`` includes the intrinsic model's uncertainty
+(``model_error``), and those model errors are correlated between pixels (deconvolution
+moves flux between neighbours; the widest components change every pixel at once).  When
+the Dataset has the deconvolution's bootstrap draws (``mgm_flux_draws``) and
+``error_observed``, both :func:`bin` and :func:`binned` compute the variance of a sum of
+pixels exactly: the quadrature sum of ``error_observed`` (x covariance factor) plus the
+variance of the summed model over the draws.  Measured on synthetic galaxies (target 20
+in F444W): every Voronoi bin within 20% of the target, where binning with the quadrature
+sum of the pixel errors left central bins at S/N 56-157.  ``bin_id.attrs
+["exact_model_errors"]`` records which was used.
+
 Correlated noise
 ================
 The bin errors are quadrature sums of the pixel errors, which is right only for
@@ -184,6 +197,46 @@ def _stack(ds: xr.Dataset, use: list[str], factors: Mapping[str, float]):
     return signal, noise, valid
 
 
+def _model_draws(ds: xr.Dataset, use: list[str], factors: Mapping[str, float], valid: np.ndarray):
+    """For a deconvolved Dataset: (data variance (y, x), model draws (y, x, n_draws)) of the stack.
+
+    The data part is ``error_observed``; the model part the bootstrap draws of the intrinsic
+    model (``mgm_flux_draws``), centred per pixel, so that the variance of a sum of pixels is
+    ``sum(data variance) + var(sum of the draws)`` -- the draws carry the correlation of the
+    model errors between pixels.  ``None`` for other Datasets.
+    """
+    if S.MGM_FLUX_DRAWS not in ds or S.ERROR_OBSERVED not in ds:
+        return None
+    from .deconvolve.gaussians import component_images
+
+    ny, nx = valid.shape
+    dvar = np.zeros((ny, nx))
+    stack = None
+    for b in use:
+        d = ds.sel({S.BAND: b})
+        f = factors[b]
+        e = np.asarray(d[S.ERROR_OBSERVED].transpose(S.Y, S.X).values, dtype=float)
+        dvar += np.where(valid, f * e, 0.0) ** 2
+        draws = np.asarray(d[S.MGM_FLUX_DRAWS].values, float)
+        sigma = np.asarray(d[S.MGM_SIGMA].values, float)
+        keep = np.isfinite(sigma)
+        draws = draws[np.all(np.isfinite(draws[:, keep]), axis=1)][:, keep]
+        if len(draws) < 2:
+            return None
+        comps = component_images((ny, nx), (float(d[S.CENTRE_Y]), float(d[S.CENTRE_X])), sigma[keep],
+                                 float(d[S.AXIS_RATIO]), np.radians(float(d[S.POSITION_ANGLE])))
+        m = np.tensordot(comps, draws - draws.mean(axis=0), axes=([0], [1]))          # (y, x, n_draws)
+        if stack is not None and m.shape[-1] != stack.shape[-1]:
+            return None
+        stack = f * m if stack is None else stack + f * m
+    return dvar, np.where(valid[..., None], stack, 0.0)
+
+
+def _sum_var(dvar_sum: float, draw_sum) -> float:
+    """Variance of a sum of pixels from its data-variance sum and its summed model draws."""
+    return float(dvar_sum) + (float(np.var(draw_sum, ddof=1)) if draw_sum is not None else 0.0)
+
+
 def _order_by_distance(labels: np.ndarray, yy: np.ndarray, xx: np.ndarray, signal: np.ndarray) -> np.ndarray:
     """Relabel ``labels`` (0..n-1) by increasing distance of each bin's centroid from the
     flux-weighted centre of all pixels."""
@@ -202,16 +255,22 @@ def _order_by_distance(labels: np.ndarray, yy: np.ndarray, xx: np.ndarray, signa
     return rank[labels]
 
 
-def _snr(signal: np.ndarray, noise: np.ndarray) -> float:
-    return float(np.sum(signal) / np.sqrt(np.sum(noise ** 2)))
+def _snr(signal: np.ndarray, noise: np.ndarray, model=None) -> float:
+    """S/N of the sum of the pixels; ``model`` = (data variance, draws) of the same pixels
+    (deconvolved data, :func:`_model_draws`) replaces the quadrature sum of ``noise``."""
+    if model is None:
+        return float(np.sum(signal) / np.sqrt(np.sum(noise ** 2)))
+    dvar, draws = model
+    return float(np.sum(signal) / np.sqrt(_sum_var(np.sum(dvar), draws.sum(axis=0))))
 
 
-def _voronoi(yy, xx, signal, noise, target):
+def _voronoi(yy, xx, signal, noise, target, model=None):
     """vorbin's Voronoi binning of the domain pixels below the target; pixels at or above
-    it are single-pixel bins.  Labels 0..n-1 (contiguous) and a description."""
+    it are single-pixel bins.  Labels 0..n-1 (contiguous) and a description.  ``model``:
+    (data variance, draws) per pixel for exact S/N of sums of deconvolved pixels."""
     n = signal.size
     sn_pix = signal / noise
-    total = _snr(signal, noise)
+    total = _snr(signal, noise, model)
     if total < target and not np.any(sn_pix >= target):
         warnings.warn(f"bin: the whole domain has S/N {total:.2f} < target {target:g}; it is one bin",
                       PeglegWarning, stacklevel=3)
@@ -222,13 +281,18 @@ def _voronoi(yy, xx, signal, noise, target):
     rest = ~hi
     if not rest.any():
         return lab, "every pixel above the target"
-    if rest.sum() < 2 or _snr(signal[rest], noise[rest]) < target:
+    sub = None if model is None else (model[0][rest], model[1][rest])
+    if rest.sum() < 2 or _snr(signal[rest], noise[rest], sub) < target:
         lab[rest] = int(hi.sum())
         return lab, "pixels above the target single; the rest (below the target in total) one bin"
     floor = _SN_FLOOR * target
 
     def sn_func(index, sig, noi):
-        s = np.sum(sig[index]) / np.sqrt(np.sum(noi[index] ** 2))
+        if sub is None:
+            s = np.sum(sig[index]) / np.sqrt(np.sum(noi[index] ** 2))
+        else:
+            index = np.atleast_1d(index)            # vorbin also passes single indices
+            s = np.sum(sig[index]) / np.sqrt(_sum_var(np.sum(sub[0][index]), sub[1][index].sum(axis=0)))
         return max(float(s), floor)
 
     with warnings.catch_warnings():
@@ -271,7 +335,8 @@ def _connected(y: np.ndarray, x: np.ndarray) -> bool:
     return ndimage.label(img)[1] == 1
 
 
-def _refine(lab, yy, xx, signal, noise, target, *, max_roundness=_MAX_ROUNDNESS, max_pass=_MAX_PASSES):
+def _refine(lab, yy, xx, signal, noise, target, *, model=None, max_roundness=_MAX_ROUNDNESS,
+            max_pass=_MAX_PASSES):
     """Local refinement of a binning towards the target S/N.
 
     Minimises ``sum_k (snr_k / target - 1)^2`` over the bins that are not single pixels
@@ -279,24 +344,37 @@ def _refine(lab, yy, xx, signal, noise, target, *, max_roundness=_MAX_ROUNDNESS,
     4-adjacent bins and (2) moving one border pixel to a 4-adjacent bin or into a bin
     of its own, accepting a change only if it lowers the sum, keeps the donor bin
     4-connected and keeps the receiving bin's roundness <= ``max_roundness`` (or not
-    worse than before).  Stops when a pass changes nothing.
+    worse than before).  Stops when a pass changes nothing.  ``model`` (data variance,
+    draws) per pixel: bin variances are data variance + variance of the summed draws.
     """
     lab = np.asarray(lab, dtype=np.int64).copy()
-    var = noise ** 2
+    var = noise ** 2 if model is None else model[0]
+    draws = None if model is None else model[1]
     n0 = int(lab.max()) + 1
     size = n0 + lab.size  # room for new single-pixel bins
     S_ = np.bincount(lab, signal, minlength=size)
     V_ = np.bincount(lab, var, minlength=size)
     C_ = np.bincount(lab, minlength=size)
+    D = draws.shape[1] if draws is not None else 0
+    M_ = np.zeros((size, D))                       # per bin: summed model draws (deconvolved data)
+    if D:
+        np.add.at(M_, lab, draws)
+    zero = np.zeros(D)
+    pix = draws if D else np.zeros((lab.size, 0))
+
+    def tv(v, m):
+        """Total variance of a bin from its data variance and summed draws."""
+        return v + (float(np.var(m, ddof=1)) if D else 0.0)
+
     with np.errstate(divide="ignore", invalid="ignore"):
-        frozen = (C_ == 1) & (S_ / np.sqrt(V_) >= target)
+        frozen = (C_ == 1) & (S_ / np.sqrt(V_ + (np.var(M_, axis=1, ddof=1) if D else 0.0)) >= target)
     nxt = n0
     grid = np.full((yy.max() + 3, xx.max() + 3), -1, dtype=np.int64)  # padded: index -1 / +1 stays inside
     grid[yy + 1, xx + 1] = np.arange(lab.size)
     nbr = np.stack([grid[yy + 1 + dy, xx + 1 + dx] for dy, dx in _N4], axis=1)  # (pixel, 4), -1 = none
 
-    def cost(s, v):
-        return (s / math.sqrt(v) / target - 1.0) ** 2
+    def cost(s, v, m=zero):
+        return (s / math.sqrt(tv(v, m)) / target - 1.0) ** 2
 
     for _ in range(max_pass):
         changed = 0
@@ -308,14 +386,17 @@ def _refine(lab, yy, xx, signal, noise, target, *, max_roundness=_MAX_ROUNDNESS,
                 b = lab[q] if q >= 0 else a
                 if b == a or frozen[b]:
                     continue
-                if cost(S_[a] + S_[b], V_[a] + V_[b]) < cost(S_[a], V_[a]) + cost(S_[b], V_[b]) - 1e-12:
+                if (cost(S_[a] + S_[b], V_[a] + V_[b], M_[a] + M_[b])
+                        < cost(S_[a], V_[a], M_[a]) + cost(S_[b], V_[b], M_[b]) - 1e-12):
                     m = np.flatnonzero((lab == a) | (lab == b))
                     if _roundness(yy[m], xx[m]) <= max_roundness:
                         lab[lab == b] = a
                         S_[a] += S_[b]
                         V_[a] += V_[b]
+                        M_[a] += M_[b]
                         C_[a] += C_[b]
                         S_[b] = V_[b] = 0.0
+                        M_[b] = 0.0
                         C_[b] = 0
                         changed += 1
                         break
@@ -323,18 +404,18 @@ def _refine(lab, yy, xx, signal, noise, target, *, max_roundness=_MAX_ROUNDNESS,
             a = lab[p]
             if frozen[a] or C_[a] <= 1:
                 continue
-            ca = cost(S_[a], V_[a])
-            ca_new = cost(S_[a] - signal[p], V_[a] - var[p])
+            ca = cost(S_[a], V_[a], M_[a])
+            ca_new = cost(S_[a] - signal[p], V_[a] - var[p], M_[a] - pix[p])
             best, best_d = -1, -1e-12
             for q in nbr[p]:
                 b = lab[q] if q >= 0 else a
                 if b == a or frozen[b]:
                     continue
-                d = ca_new + cost(S_[b] + signal[p], V_[b] + var[p]) - ca - cost(S_[b], V_[b])
+                d = ca_new + cost(S_[b] + signal[p], V_[b] + var[p], M_[b] + pix[p]) - ca - cost(S_[b], V_[b], M_[b])
                 if d < best_d:
                     best, best_d = b, d
             sn_p = signal[p] / noise[p]
-            d = ca_new + (0.0 if sn_p >= target else cost(signal[p], var[p])) - ca
+            d = ca_new + (0.0 if sn_p >= target else cost(signal[p], var[p], pix[p])) - ca
             if d < best_d:
                 best, best_d = nxt, d
             if best < 0:
@@ -354,11 +435,13 @@ def _refine(lab, yy, xx, signal, noise, target, *, max_roundness=_MAX_ROUNDNESS,
             lab[p] = best
             S_[a] -= signal[p]
             V_[a] -= var[p]
+            M_[a] -= pix[p]
             C_[a] -= 1
             S_[best] += signal[p]
             V_[best] += var[p]
+            M_[best] += pix[p]
             C_[best] += 1
-            if C_[a] == 1 and S_[a] / math.sqrt(V_[a]) >= target:
+            if C_[a] == 1 and S_[a] / math.sqrt(tv(V_[a], M_[a])) >= target:
                 frozen[a] = True
             changed += 1
         if not changed:
@@ -391,8 +474,9 @@ def _ellipse(ellipse, signal2d, domain, region_kind, sn2d):
     return (m["centre"][0], m["centre"][1], m["q"], math.degrees(m["phi"])), f"moments of {how}"
 
 
-def _annuli(r, signal, noise, target, n_annuli, min_width=1.0):
-    """Labels (0 = innermost) and the radius edges of elliptical annuli."""
+def _annuli(r, signal, noise, target, n_annuli, min_width=1.0, model=None):
+    """Labels (0 = innermost) and the radius edges of elliptical annuli (``model``: data
+    variance and draws per pixel, for exact S/N of deconvolved data)."""
     order = np.argsort(r, kind="stable")
     rs = r[order]
     if n_annuli is not None:
@@ -403,27 +487,36 @@ def _annuli(r, signal, noise, target, n_annuli, min_width=1.0):
         used, lab = np.unique(lab, return_inverse=True)  # drop empty annuli
         keep = np.concatenate([edges[used], [edges[-1]]])
         return lab.ravel(), keep
-    s, v = signal[order], noise[order] ** 2
+    s = signal[order]
+    v = noise[order] ** 2 if model is None else model[0][order]
+    dm = np.zeros((s.size, 0)) if model is None else model[1][order]
     # group pixels at the same radius so that no ring is split between annuli
     starts = np.flatnonzero(np.concatenate([[True], np.diff(rs) > 1e-9]))
     gs = np.add.reduceat(s, starts)
     gv = np.add.reduceat(v, starts)
+    gm = np.add.reduceat(dm, starts, axis=0) if dm.shape[1] else np.zeros((starts.size, 0))
     gr = rs[starts]
+
+    def snr(s_, v_, m_):
+        return s_ / math.sqrt(_sum_var(v_, m_ if gm.shape[1] else None))
+
     bounds = [0]  # group index where each annulus starts
     acc_s = acc_v = 0.0
+    acc_m = np.zeros(gm.shape[1])
     inner = 0.0
     for g in range(starts.size):
         acc_s += gs[g]
         acc_v += gv[g]
-        if acc_s / math.sqrt(acc_v) >= target and gr[g] - inner >= min_width and g + 1 < starts.size:
+        acc_m = acc_m + gm[g]
+        if snr(acc_s, acc_v, acc_m) >= target and gr[g] - inner >= min_width and g + 1 < starts.size:
             bounds.append(g + 1)
             inner = 0.5 * (gr[g] + gr[g + 1])
             acc_s = acc_v = 0.0
+            acc_m = np.zeros(gm.shape[1])
     # the outermost leftover: merge it into the previous annulus when that still reaches the target
-    if len(bounds) > 1 and acc_s / math.sqrt(acc_v) < target:
+    if len(bounds) > 1 and snr(acc_s, acc_v, acc_m) < target:
         a = bounds[-2]
-        tot_s, tot_v = gs[a:].sum(), gv[a:].sum()
-        if tot_s / math.sqrt(tot_v) >= target:
+        if snr(gs[a:].sum(), gv[a:].sum(), gm[a:].sum(axis=0)) >= target:
             bounds.pop()
     glab = np.zeros(starts.size, dtype=np.int64)
     for k, b0 in enumerate(bounds):
@@ -538,14 +631,18 @@ def bin(ds: xr.Dataset, target_snr: float | None = None, band: str = "F444W", me
                           + (f"; min_snr_pixel={min_snr_pixel}" if min_snr_pixel is not None else "") + ")")
     yy, xx = np.nonzero(domain)
     sig, noi = signal2d[domain], noise2d[domain]
-    attrs: dict[str, Any] = {"method": method, "target_snr": target, "bands": ",".join(use)}
+    model = _model_draws(ds, use, factors, valid)
+    if model is not None:      # deconvolved: exact S/N of sums (the model errors are correlated)
+        model = (model[0][domain], model[1][domain])
+    attrs: dict[str, Any] = {"method": method, "target_snr": target, "bands": ",".join(use),
+                             "exact_model_errors": int(model is not None)}
     if method == "none":
         lab = _order_by_distance(np.arange(sig.size), yy.astype(float), xx.astype(float), sig)
         how = "single pixels"
     elif method == "voronoi":
-        lab, how = _voronoi(yy, xx, sig, noi, target)
+        lab, how = _voronoi(yy, xx, sig, noi, target, model)
         if refine and lab.max() > 0:
-            lab = _refine(lab, yy, xx, sig, noi, target)
+            lab = _refine(lab, yy, xx, sig, noi, target, model=model)
             how += "; refined"
         lab = _order_by_distance(lab, yy.astype(float), xx.astype(float), sig)
     else:
@@ -553,7 +650,7 @@ def bin(ds: xr.Dataset, target_snr: float | None = None, band: str = "F444W", me
         from .profiles import elliptical_radius
 
         r = elliptical_radius(yy - geom[0], xx - geom[1], geom[2], geom[3])
-        lab, edges = _annuli(r, sig, noi, target, n_annuli, min_width)
+        lab, edges = _annuli(r, sig, noi, target, n_annuli, min_width, model)
         how = (f"{n_annuli} equal-width annuli" if n_annuli else "adaptive annuli") + f"; ellipse from {geom_how}"
         attrs.update(ellipse=np.array(geom, dtype=float), annulus_edges=edges.astype(float))
         if n_annuli:
