@@ -339,7 +339,7 @@ def sedfit(ds: xr.Dataset, *, redshift=None, redshift_sigma=None, method: str = 
            error_floor: float = 0.05, emulator_sigma: bool = True, mass_range=(0.0, 13.0),
            n_draws: int = 128, low_ess: str = "flag", keep_samples: int = 0, integrated: bool = True,
            binned: bool | None = None,
-           seed: int = 0, chunk_size: int = 256, n_workers: int | None = 1,
+           seed: int = 0, chunk_size: int = 256, n_workers: int | None = None,
            progress: bool | None = None, out=None, block_pixels: int = 16_384) -> xr.Dataset:
     """Per-pixel (or per-bin) SED posteriors; see the module docstring.
 
@@ -364,7 +364,9 @@ def sedfit(ds: xr.Dataset, *, redshift=None, redshift_sigma=None, method: str = 
         pixel as ``posterior_samples`` (y, x, sample, param).
     integrated : also fit the region's summed photometry (attributes).
     binned : fit per bin of ``bin_id`` (default: when ``bin_id`` is present).
-    seed, chunk_size, n_workers, progress : reproducibility and execution.
+    seed, chunk_size, n_workers, progress : reproducibility and execution (``n_workers``
+        default: the usable cores for importance and nested sampling, 1 for the fast
+        mode; results do not depend on it; see ``fit_photometry``).
     out : path of a NetCDF file: every block of rows is written there as soon as it is
         fitted (atomically: the file appears complete or not at all) and the result is
         returned lazily opened from it.  Peak memory then depends on ``block_pixels``,
