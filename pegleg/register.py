@@ -287,13 +287,20 @@ def register(ds: xr.Dataset, reference: str = "F444W", *, apply: bool = False, u
 
 
 def _apply(out: xr.Dataset, shifts: np.ndarray, reference: str) -> xr.Dataset:
-    """Shift every float (band, y, x) variable, the error (as variance) and the mask."""
+    """Shift every float (band, y, x) variable, the errors (as variances; ``error``,
+    ``error_observed``, ``model_error``), the mask and a deconvolution's model centres."""
     mask = out[S.MASK].values.copy()
     new_mask = mask.copy()
+    # 1-sigma maps are shifted as variances (those of a deconvolved Dataset too)
+    error_vars = [n for n in (S.ERROR, S.ERROR_OBSERVED, S.MODEL_ERROR)
+                  if n in out.data_vars and out[n].dims == (S.BAND, S.Y, S.X)]
     cube_vars = [n for n, v in out.data_vars.items()
-                 if v.dims == (S.BAND, S.Y, S.X) and np.issubdtype(v.dtype, np.floating) and n != S.ERROR]
+                 if v.dims == (S.BAND, S.Y, S.X) and np.issubdtype(v.dtype, np.floating) and n not in error_vars]
     cubes = {n: out[n].values.copy() for n in cube_vars}
-    err = out[S.ERROR].values.copy()
+    errs = {n: out[n].values.copy() for n in error_vars}
+    err = errs[S.ERROR]
+    centres = {n: out[n].values.copy() for n in (S.CENTRE_Y, S.CENTRE_X)
+               if n in out.data_vars and out[n].dims == (S.BAND,)}
     done = []
     for i, s in enumerate(shifts):
         if not np.all(np.isfinite(s)) or np.allclose(s, 0.0):
@@ -301,6 +308,14 @@ def _apply(out: xr.Dataset, shifts: np.ndarray, reference: str) -> xr.Dataset:
         valid = ~mask[i] & np.isfinite(err[i])
         shifted_err2, touched = shift_image(err[i] ** 2, tuple(s), valid, order=1)
         err[i] = np.sqrt(np.clip(shifted_err2, 0.0, None))
+        for n in error_vars[1:]:
+            e = errs[n][i]
+            ok = valid & np.isfinite(e)
+            errs[n][i] = np.sqrt(np.clip(shift_image(np.where(ok, e, 0.0) ** 2, tuple(s), ok, order=1)[0], 0.0, None))
+        # the deconvolution's model geometry moves with the image
+        for n, axis in ((S.CENTRE_Y, 0), (S.CENTRE_X, 1)):
+            if n in centres:
+                centres[n][i] += s[axis]
         for n in cube_vars:
             vals = cubes[n][i]
             if n == S.IMAGE:
@@ -314,7 +329,8 @@ def _apply(out: xr.Dataset, shifts: np.ndarray, reference: str) -> xr.Dataset:
         new_mask[i] = touched | ~(np.isfinite(err[i]) & (err[i] > 0))
         done.append(str(out[S.BAND].values[i]))
     out = out.assign({n: out[n].copy(data=cubes[n]) for n in cube_vars})
-    out[S.ERROR] = out[S.ERROR].copy(data=err)
+    out = out.assign({n: out[n].copy(data=errs[n]) for n in error_vars})
+    out = out.assign({n: out[n].copy(data=centres[n]) for n in centres})
     out[S.MASK] = out[S.MASK].copy(data=new_mask)
     out.attrs["registered_to"] = reference
     out.attrs["registration"] = (f"bands {done} shifted by (shift_y, shift_x) to align with {reference} "

@@ -212,3 +212,21 @@ def test_jof_36_matched(shared_data):
     assert np.all(np.hypot(sub.shift_y, sub.shift_x) < 2)
     assert np.all(np.hypot(sub.shift_y_error, sub.shift_x_error) < 0.2)
     assert r.pegleg.history[-1]["parameters"]["cross_convolved_bands"] == []  # one PSF for all bands
+
+
+def test_apply_to_deconvolved_dataset_keeps_errors_and_geometry_consistent():
+    """Shifting a deconvolved Dataset: error_observed and model_error move as variances, so
+    error**2 = error_observed**2 + model_error**2 still holds, and the model centres move too."""
+    from pegleg.register import _apply
+
+    obs, _ = pegleg.synth.galaxy(["F150W", "F444W"], shape=(41, 41), seed=2)
+    dec = obs.pegleg.deconvolve(sky_model="none", n_workers=1)
+    shifts = np.array([[0.3, -0.45], [0.0, 0.0]])
+    out = _apply(dec, shifts, "F444W")
+    ok = ~out["mask"].values
+    np.testing.assert_allclose(out["error"].values[ok] ** 2,
+                               (out["error_observed"].values ** 2 + out["model_error"].values ** 2)[ok], rtol=1e-9)
+    assert not np.allclose(out["model_error"].values[0], dec["model_error"].values[0])
+    np.testing.assert_array_equal(out["model_error"].values[1], dec["model_error"].values[1])
+    np.testing.assert_allclose(out["centre_y"].values - dec["centre_y"].values, [0.3, 0.0])
+    np.testing.assert_allclose(out["centre_x"].values - dec["centre_x"].values, [-0.45, 0.0])
