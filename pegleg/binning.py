@@ -200,35 +200,25 @@ def _stack(ds: xr.Dataset, use: list[str], factors: Mapping[str, float]):
 def _model_draws(ds: xr.Dataset, use: list[str], factors: Mapping[str, float], valid: np.ndarray):
     """For a deconvolved Dataset: (data variance (y, x), model draws (y, x, n_draws)) of the stack.
 
-    The data part is ``error_observed``; the model part the bootstrap draws of the intrinsic
-    model (``mgm_flux_draws``), centred per pixel, so that the variance of a sum of pixels is
-    ``sum(data variance) + var(sum of the draws)`` -- the draws carry the correlation of the
-    model errors between pixels.  ``None`` for other Datasets.
+    The data part is ``error_observed``; the model part the centred bootstrap draws of the
+    intrinsic model (:func:`pegleg.deconvolve.model_draws`), so that the variance of a sum
+    of pixels is ``sum(data variance) + var(sum of the draws)`` -- the draws carry the
+    correlation of the model errors between pixels.  ``None`` for other Datasets.
     """
     if S.MGM_FLUX_DRAWS not in ds or S.ERROR_OBSERVED not in ds:
         return None
-    from .deconvolve.gaussians import component_images
+    from .deconvolve import model_draws
 
-    ny, nx = valid.shape
-    dvar = np.zeros((ny, nx))
+    ds = ds.transpose(S.BAND, S.Y, S.X, ...)
+    dvar = np.zeros(valid.shape)
     stack = None
     for b in use:
-        d = ds.sel({S.BAND: b})
-        f = factors[b]
-        e = np.asarray(d[S.ERROR_OBSERVED].transpose(S.Y, S.X).values, dtype=float)
-        dvar += np.where(valid, f * e, 0.0) ** 2
-        draws = np.asarray(d[S.MGM_FLUX_DRAWS].values, float)
-        sigma = np.asarray(d[S.MGM_SIGMA].values, float)
-        keep = np.isfinite(sigma)
-        draws = draws[np.all(np.isfinite(draws[:, keep]), axis=1)][:, keep]
-        if len(draws) < 2:
+        m = model_draws(ds, b)
+        if m is None or (stack is not None and m.shape[-1] != stack.shape[-1]):
             return None
-        comps = component_images((ny, nx), (float(d[S.CENTRE_Y]), float(d[S.CENTRE_X])), sigma[keep],
-                                 float(d[S.AXIS_RATIO]), np.radians(float(d[S.POSITION_ANGLE])))
-        m = np.tensordot(comps, draws - draws.mean(axis=0), axes=([0], [1]))          # (y, x, n_draws)
-        if stack is not None and m.shape[-1] != stack.shape[-1]:
-            return None
-        stack = f * m if stack is None else stack + f * m
+        e = np.asarray(ds[S.ERROR_OBSERVED].sel({S.BAND: b}).values, dtype=float)
+        dvar += np.where(valid, factors[b] * e, 0.0) ** 2
+        stack = factors[b] * m if stack is None else stack + factors[b] * m
     return dvar, np.where(valid[..., None], stack, 0.0)
 
 
@@ -746,7 +736,7 @@ def binned(ds: xr.Dataset, bands: Sequence[str] | str | None = None, *,
         labels = np.full(bid.shape, -1)
         labels[inbin] = inv
         need = list(dict.fromkeys(list(sel) + bin_bands))
-        model_err = dict(zip(need, region_model_error(ds.transpose(S.BAND, S.Y, S.X, ...), labels, need).T))
+        model_err = dict(zip(need, region_model_error(ds, labels, need).T))
 
     def sums(b):
         i = all_b.index(b)

@@ -27,7 +27,7 @@ from ..psf.tools import trim_psf
 from ..exceptions import FitError, PeglegError, PeglegWarning, PSFError
 from .fit import N_COMPONENTS, SKY_MODELS, fit_multigauss
 
-__all__ = ["deconvolve", "deconvolve_band", "model_error", "region_model_error", "qa"]
+__all__ = ["deconvolve", "deconvolve_band", "model_error", "model_draws", "region_model_error", "qa"]
 
 #: QA thresholds: the mission's checks on a deconvolution.
 QA_RESIDUAL_FRACTION = 0.2
@@ -119,24 +119,50 @@ def model_error(fit, shape) -> np.ndarray:
     return (np.asarray(draws) @ comps).std(axis=0, ddof=1).reshape(shape)
 
 
+def model_draws(ds: xr.Dataset, band: str, *, centred: bool = True) -> np.ndarray | None:
+    """The intrinsic model of ``band`` for every bootstrap draw, (y, x, n_draws), or None.
+
+    Built from the deconvolution's geometry (``centre_y``, ``centre_x``, ``axis_ratio``,
+    ``position_angle``, ``mgm_sigma``) and the component fluxes of the parametric-bootstrap
+    refits (``mgm_flux_draws``); ``centred`` subtracts each pixel's mean over the draws.
+    The variance over the draws of a sum of pixels is the model's contribution to the
+    variance of that sum, correlations between pixels included.  None when the band has
+    fewer than two draws (not fitted, or a Dataset deconvolved by an older pegleg).
+    """
+    from .gaussians import component_images
+
+    if S.MGM_FLUX_DRAWS not in ds:
+        return None
+    d = ds.sel({S.BAND: band})
+    draws = np.asarray(d[S.MGM_FLUX_DRAWS].values, float)
+    sigma = np.asarray(d[S.MGM_SIGMA].values, float)
+    keep = np.isfinite(sigma)
+    draws = draws[np.all(np.isfinite(draws[:, keep]), axis=1)][:, keep]
+    if len(draws) < 2:
+        return None
+    comps = component_images((ds.sizes[S.Y], ds.sizes[S.X]), (float(d[S.CENTRE_Y]), float(d[S.CENTRE_X])),
+                             sigma[keep], float(d[S.AXIS_RATIO]), np.radians(float(d[S.POSITION_ANGLE])))
+    if centred:
+        draws = draws - draws.mean(axis=0)
+    return np.tensordot(comps, draws, axes=([0], [1]))
+
+
 def region_model_error(ds: xr.Dataset, labels: np.ndarray, bands=None) -> np.ndarray:
     """1-sigma uncertainty of the intrinsic model summed over each region (n_regions, n_bands).
 
     ``labels`` (y, x) int: region number 0 .. n-1 of every pixel, -1 outside every region.
     Each band sums its model over the region's pixels that are unmasked in that band, for
-    every parametric-bootstrap draw of the component fluxes (``mgm_flux_draws``), and
-    returns the draws' standard deviation.  Unlike the quadrature sum of ``model_error``
-    this keeps the pixels' correlations: measured on a synthetic galaxy, the exact error
-    of a 3x3 box was 0.80x (F150W) and 0.36x (F444W) the quadrature sum, of the whole
-    segment 3.3x and 0.26x (deconvolution mostly moves flux between neighbouring pixels,
-    while the widest components' flux changes the whole galaxy at once).  NaN for bands
-    without draws.
+    every parametric-bootstrap draw (:func:`model_draws`), and returns the draws'
+    standard deviation.  Unlike the quadrature sum of ``model_error`` this keeps the
+    pixels' correlations: measured on a synthetic galaxy, the exact error of a 3x3 box was
+    0.80x (F150W) and 0.36x (F444W) the quadrature sum, of the whole segment 3.3x and
+    0.26x (deconvolution mostly moves flux between neighbouring pixels, while the widest
+    components' flux changes the whole galaxy at once).  NaN for bands without draws.
     """
-    from .gaussians import component_images
-
     if S.MGM_FLUX_DRAWS not in ds:
         raise S.SchemaError("region_model_error: no 'mgm_flux_draws' (deconvolve the Dataset with this "
                             "version of pegleg)")
+    ds = ds.transpose(S.BAND, S.Y, S.X, ...)
     blist = [str(b) for b in ds[S.BAND].values] if bands is None else [str(b) for b in bands]
     lab = np.asarray(labels)
     if lab.shape != (ds.sizes[S.Y], ds.sizes[S.X]):
@@ -145,18 +171,12 @@ def region_model_error(ds: xr.Dataset, labels: np.ndarray, bands=None) -> np.nda
     out = np.full((n, len(blist)), np.nan)
     inside = lab >= 0
     for j, b in enumerate(blist):
-        d = ds.sel({S.BAND: b})
-        draws = np.asarray(d[S.MGM_FLUX_DRAWS].values, float)
-        sigma = np.asarray(d[S.MGM_SIGMA].values, float)
-        keep = np.isfinite(sigma)
-        draws = draws[np.all(np.isfinite(draws[:, keep]), axis=1)][:, keep]
-        if len(draws) < 2 or not n:
+        m = model_draws(ds, b, centred=False)
+        if m is None or not n:
             continue
-        comps = component_images(lab.shape, (float(d[S.CENTRE_Y]), float(d[S.CENTRE_X])), sigma[keep],
-                                 float(d[S.AXIS_RATIO]), np.radians(float(d[S.POSITION_ANGLE])))
-        use = inside & ~np.asarray(d[S.MASK].values, bool)
-        sums = np.stack([np.bincount(lab[use], c[use], minlength=n) for c in comps])       # (K, n)
-        out[:, j] = (draws @ sums).std(axis=0, ddof=1)
+        use = inside & ~np.asarray(ds[S.MASK].sel({S.BAND: b}).values, bool)
+        sums = np.stack([np.bincount(lab[use], m[..., k][use], minlength=n) for k in range(m.shape[-1])])
+        out[:, j] = sums.std(axis=0, ddof=1)
     return out
 
 
