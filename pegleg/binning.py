@@ -278,12 +278,9 @@ def _voronoi(yy, xx, signal, noise, target, model=None):
     floor = _SN_FLOOR * target
 
     def sn_func(index, sig, noi):
-        if sub is None:
-            s = np.sum(sig[index]) / np.sqrt(np.sum(noi[index] ** 2))
-        else:
-            index = np.atleast_1d(index)            # vorbin also passes single indices
-            s = np.sum(sig[index]) / np.sqrt(_sum_var(np.sum(sub[0][index]), sub[1][index].sum(axis=0)))
-        return max(float(s), floor)
+        index = np.atleast_1d(index)                # vorbin also passes single indices
+        s = _snr(sig[index], noi[index], None if sub is None else (sub[0][index], sub[1][index]))
+        return max(s, floor)
 
     with warnings.catch_warnings():
         # vorbin warns that it is superseded by PowerBin on import and on every call

@@ -306,12 +306,13 @@ def _apply(out: xr.Dataset, shifts: np.ndarray, reference: str) -> xr.Dataset:
         if not np.all(np.isfinite(s)) or np.allclose(s, 0.0):
             continue
         valid = ~mask[i] & np.isfinite(err[i])
-        shifted_err2, touched = shift_image(err[i] ** 2, tuple(s), valid, order=1)
-        err[i] = np.sqrt(np.clip(shifted_err2, 0.0, None))
-        for n in error_vars[1:]:
+        for n in error_vars:            # error first: its reach (touched) grows the mask
             e = errs[n][i]
             ok = valid & np.isfinite(e)
-            errs[n][i] = np.sqrt(np.clip(shift_image(np.where(ok, e, 0.0) ** 2, tuple(s), ok, order=1)[0], 0.0, None))
+            shifted_var, t = shift_image(np.where(ok, e, 0.0) ** 2, tuple(s), ok, order=1)
+            errs[n][i] = np.sqrt(np.clip(shifted_var, 0.0, None))
+            if n == S.ERROR:
+                touched = t
         # the deconvolution's model geometry moves with the image
         for n, axis in ((S.CENTRE_Y, 0), (S.CENTRE_X, 1)):
             if n in centres:

@@ -85,12 +85,13 @@ def deconvolve_band(image: np.ndarray, error: np.ndarray, mask: np.ndarray, psf:
     fit = fit_multigauss(image, error, mask, None, None, psf_image=psf, sigma=sigma, n_components=n_components,
                          max_factor=max_factor, sky_model=sky_model, region=region)
     shape = image.shape
-    model = fit.model(shape)
+    comps = _intrinsic_components(fit, shape)
+    model = np.tensordot(fit.flux, comps, axes=1)             # fit.model(shape), components rendered once
     model_conv = fit.model(shape, psf_image=psf)
     sky = fit.sky_image(shape)
     residual = np.where(mask, np.nan, image - sky - model_conv)
     out = {"model": model, "model_convolved": model_conv, "residual": residual, "sky_image": sky,
-           "model_error": model_error(fit, shape), "fit": fit}
+           "model_error": _draws_std(fit, comps), "fit": fit}
     if method == "posterior":
         from .posterior import sample_fluxes
 
@@ -110,13 +111,22 @@ def model_error(fit, shape) -> np.ndarray:
     (F444W) times the data error alone, against 1.0-1.4 times ``sqrt(error**2 +
     model_error**2)``.  Zeros when the fit made no bootstrap draws.
     """
+    return _draws_std(fit, _intrinsic_components(fit, shape))
+
+
+def _intrinsic_components(fit, shape) -> np.ndarray:
+    """The unit-flux intrinsic (PSF-free) components (K, ny, nx) of ``fit``."""
     from .gaussians import component_images
 
+    return component_images(shape, fit.centre, fit.sigma, fit.q, fit.phi)
+
+
+def _draws_std(fit, comps: np.ndarray) -> np.ndarray:
+    """Per-pixel std of the intrinsic model over ``fit``'s bootstrap draws (zeros without draws)."""
     draws = fit.info.get("bootstrap_flux")
     if draws is None or len(draws) < 2:
-        return np.zeros(shape)
-    comps = component_images(shape, fit.centre, fit.sigma, fit.q, fit.phi).reshape(fit.sigma.size, -1)
-    return (np.asarray(draws) @ comps).std(axis=0, ddof=1).reshape(shape)
+        return np.zeros(comps.shape[1:])
+    return np.tensordot(np.asarray(draws), comps, axes=1).std(axis=0, ddof=1)
 
 
 def model_draws(ds: xr.Dataset, band: str, *, centred: bool = True) -> np.ndarray | None:

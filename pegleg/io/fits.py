@@ -92,9 +92,7 @@ def _open_fits(path: Path, memmap: bool = False):
         fh.close()
         raise FileFormatError(f"{path}: not a readable FITS file ({type(exc).__name__}: {exc})") from None
     if not memmap:
-        fh.close()                      # everything is in memory
-    else:
-        hdul._pegleg_handle = fh        # closed with the HDUList by _FileCache.close
+        fh.close()                      # everything is in memory (memory-mapped: hdul.close() closes it)
     return hdul
 
 
@@ -114,9 +112,6 @@ class _FileCache:
     def close(self) -> None:
         for hdul in self._files.values():
             hdul.close()
-            handle = getattr(hdul, "_pegleg_handle", None)
-            if handle is not None:
-                handle.close()
         self._files.clear()
 
 

@@ -227,9 +227,15 @@ def _kl_from_bins(b: np.ndarray, log_w: np.ndarray, ess: np.ndarray) -> np.ndarr
     return np.maximum(kl, 0.0)
 
 
+def _cdf_bins(c: np.ndarray) -> np.ndarray:
+    """Equal-prior-probability bins (0 .. _KL_BINS - 1) of prior-CDF values ``c`` in [0, 1]."""
+    return np.clip((np.nan_to_num(np.asarray(c, dtype=float), nan=0.0) * _KL_BINS).astype(np.intp),
+                   0, _KL_BINS - 1)
+
+
 def _kl_from_cdf(c: np.ndarray, log_w: np.ndarray, ess: np.ndarray) -> np.ndarray:
     """KL(post || prior) (N,) from prior-CDF values ``c`` (N, n) in [0, 1] and log weights."""
-    return _kl_from_bins(np.clip((np.asarray(c) * _KL_BINS).astype(np.intp), 0, _KL_BINS - 1), log_w, ess)
+    return _kl_from_bins(_cdf_bins(c), log_w, ess)
 
 
 class _AgePrior:
@@ -454,24 +460,18 @@ def _summaries(prob, rows, dst, rd, log_w, ess, n_samples, rng, out):
 
 def _information_gain(prob, rows, dst, vals, log_w, ess, out):
     lo, hi = prob.mass_range
-    c_mass = (vals["log_mass_formed"] - lo) / (hi - lo)
-    ia = prob.emu.param_names.index("av") if "av" in prob.emu.param_names else None
-    if ia is not None:
-        alo, ahi = prob.emu.bounds[ia]
-        c_av = (vals["av"] - alo) / (ahi - alo)
-    else:
-        c_av = np.full_like(c_mass, np.nan)
-    b_age = np.empty(c_mass.shape, dtype=np.intp)
+    b_mass = _cdf_bins((vals["log_mass_formed"] - lo) / (hi - lo))
+    b_age = np.empty(b_mass.shape, dtype=np.intp)
     zs = prob.z[rows]
     for z in np.unique(np.round(zs, 2)):
         sel = np.round(zs, 2) == z
         b_age[sel] = prob.age_prior.bins(z, vals["log_age_mw"][sel])
-    for j, c in enumerate((c_mass, None, c_av)):
-        if c is not None and not np.isfinite(c).any():          # an emulator without the parameter
-            out["information_gain"][dst, j] = np.nan
-            continue
-        b = b_age if c is None else np.clip((np.nan_to_num(c, nan=0.0) * _KL_BINS).astype(np.intp), 0, _KL_BINS - 1)
-        out["information_gain"][dst, j] = _kl_from_bins(b, log_w, ess)
+    b_av = None                                                   # an emulator without the parameter: NaN
+    if "av" in prob.emu.param_names:
+        alo, ahi = prob.emu.bounds[prob.emu.param_names.index("av")]
+        b_av = _cdf_bins((vals["av"] - alo) / (ahi - alo))
+    for j, b in enumerate((b_mass, b_age, b_av)):
+        out["information_gain"][dst, j] = np.nan if b is None else _kl_from_bins(b, log_w, ess)
 
 
 def _systematic_resample(log_w, n, rng):
@@ -573,8 +573,7 @@ def _fit_fast(prob, net, rows, dst, n_draws, n_samples, rng, out):
             "redshift": np.broadcast_to(prob.z[rows, None], (R, n_draws))}
     vals["log_ssfr"] = vals["log_sfr100"] - vals["log_stellar_mass"]
     if shape_dims:
-        lo, hi = net.bounds[shape_dims, 0], net.bounds[shape_dims, 1]
-        shape = lo + (hi - lo) * special.expit(a[..., :-1])
+        shape = net.from_unconstrained(a[..., :-1], jacobian=False, dims=shape_dims)[0]
         for j, i in enumerate(shape_dims):
             vals[prob.fit_names[i]] = shape[..., j]
     for q in QUANTITIES:
@@ -717,25 +716,23 @@ def fit_photometry(flux, error, filters: Sequence[str], redshift, *, valid=None,
     tasks = [(int(first_chunk) + i, rows) for i, rows in enumerate(chunks)]
     if n_workers is None and method == "fast":
         n_workers = 1
-    func = functools.partial(_run_chunk, prob, net, settings)
-    # each chunk's results are stored as they arrive (a serial run holds one chunk at a time)
-    results = _parallel.parallel_imap(func, tasks, n_workers=n_workers, progress=progress,
-                                      desc=f"sedfit ({method})")
-    for (_, rows), part in zip(tasks, results):
-        for k, v in part.items():
-            out[k][rows] = v
+    def run(tasks, network_, settings_, desc, keep_flag=False):
+        """Fit the chunks ``tasks`` and store each one's results as they arrive (a serial run
+        holds one chunk at a time)."""
+        results = _parallel.parallel_imap(functools.partial(_run_chunk, prob, network_, settings_), tasks,
+                                          n_workers=n_workers, progress=progress, desc=desc)
+        for (_, rows), part in zip(tasks, results):
+            for k, v in part.items():
+                if not (keep_flag and k == "flag"):
+                    out[k][rows] = v
+
+    run(tasks, net, settings, f"sedfit ({method})")
     n_streams = len(chunks)
     if method == "importance" and low_ess == "nested":
         redo = np.flatnonzero((out["flag"] & FLAG_LOW_ESS) > 0)
         if redo.size:
-            nsettings = dict(settings, method="nested")
             ntasks = [(int(first_chunk) + n_streams + i, redo[i:i + 1]) for i in range(redo.size)]
-            nres = _parallel.parallel_imap(functools.partial(_run_chunk, prob, None, nsettings), ntasks,
-                                           n_workers=n_workers, progress=progress, desc="sedfit (nested fallback)")
-            for (_, rows), part in zip(ntasks, nres):
-                for k, v in part.items():
-                    if k != "flag":
-                        out[k][rows] = v
+            run(ntasks, None, dict(settings, method="nested"), "sedfit (nested fallback)", keep_flag=True)
             out["flag"][redo] = (out["flag"][redo] & ~FLAG_LOW_ESS) | FLAG_NESTED
             n_streams += len(ntasks)
     if prob.z_sigma is None:

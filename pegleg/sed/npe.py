@@ -333,9 +333,14 @@ class PosteriorNetwork:
         t = np.clip((theta - lo) / (hi - lo), 1e-12, 1 - 1e-12)
         return np.log(t) - np.log1p(-t)
 
-    def from_unconstrained(self, u: np.ndarray, jacobian: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-        """Logits (..., P-2) -> (parameters, ``log abs(d theta / d u)`` summed over dimensions, or None)."""
-        lo, hi = self.bounds[:, 0], self.bounds[:, 1]
+    def from_unconstrained(self, u: np.ndarray, jacobian: bool = True,
+                           dims: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits (..., P-2) -> (parameters, ``log abs(d theta / d u)`` summed over dimensions, or None).
+
+        ``dims``: ``u`` holds only these parameters (indices into ``param_names[:-1]``).
+        """
+        bounds = self.bounds if dims is None else self.bounds[np.asarray(dims, dtype=np.intp)]
+        lo, hi = bounds[:, 0], bounds[:, 1]
         e = np.exp(-np.abs(u))                      # stable logistic
         t = np.where(u >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
         theta = lo + (hi - lo) * t
