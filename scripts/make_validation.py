@@ -439,47 +439,25 @@ def part_matching(args) -> list:
 # ---------------------------------------------------------------------------
 # registration (tests/test_register.py)
 # ---------------------------------------------------------------------------
-REG_BANDS = ["F150W", "F277W", "F444W"]
-INJECTED = {"F150W": (0.37, -0.81), "F277W": (-0.62, 0.24), "F444W": (0.0, 0.0)}
-
-
-def _fourier_shift(img, shift):
-    from scipy import ndimage
-
-    return np.fft.ifft2(ndimage.fourier_shift(np.fft.fft2(img), shift)).real
-
-
-def _injected(obs, conv, seed, snr):
-    rng = np.random.default_rng(seed)
-    imgs, errs = [], []
-    for i, b in enumerate(REG_BANDS):
-        depth = conv[i].max() / snr
-        imgs.append(_fourier_shift(conv[i], INJECTED[b]) + rng.standard_normal(conv[i].shape) * depth)
-        errs.append(np.full(conv[i].shape, depth))
-    return pegleg.from_arrays(np.array(imgs), np.array(errs), obs["psf"].values, REG_BANDS, SCALE,
-                              segmentation=obs["segmentation"].values)
-
-
-def _shifts(r):
-    return np.c_[r["shift_y"].values, r["shift_x"].values], np.c_[r["shift_y_error"].values, r["shift_x_error"].values]
-
-
 def part_registration(args) -> list:
     from pegleg.register import register
 
     P = "registration"
-    obs, truth = pegleg.synth.galaxy(REG_BANDS, seed=3, noise=False)
-    conv = truth["image_convolved"].values
-    expected = -np.array([INJECTED[b] for b in REG_BANDS])
+    # the test's own injection and read-out (tests/test_register.py)
+    T = _test_module("test_register")
+    _shifts = T._shifts
+    obs, truth = pegleg.synth.galaxy(T.BANDS, seed=3, noise=False)
+    clean = (obs, truth["image_convolved"].values)
+    expected = T._expected()
     n100, n30 = args.reg_draws_100, args.reg_draws_30
     log(P, f"injected shifts: {n100} draws at S/N 100, {n30} at S/N 30")
-    dev100 = np.array([_shifts(register(_injected(obs, conv, s, 100)))[0] - expected for s in range(n100)])
-    res = [_shifts(register(_injected(obs, conv, s, 30))) for s in range(n30)]
+    dev100 = np.array([_shifts(register(T._injected(clean, s, 100)))[0] - expected for s in range(n100)])
+    res = [_shifts(register(T._injected(clean, s, 30))) for s in range(n30)]
     dev = np.array([r[0] for r in res]) - expected
     err = np.array([r[1] for r in res])
     bias, scatter, mean_err = dev.mean(0)[:2], dev.std(0, ddof=1)[:2], err.mean(0)[:2]
     ratio = scatter / mean_err
-    inj = max(abs(v) for s in INJECTED.values() for v in s)
+    inj = max(abs(v) for s in T.INJECTED.values() for v in s)
     t = Table(f"**Injected shifts** (synthetic galaxy in F150W, F277W, F444W; F150W and F277W moved by up to {inj} px "
               f"(Fourier shift), registered to F444W; {n100} noise draws at peak S/N 100, {n30} at S/N 30; "
               "`tests/test_register.py::test_injected_shifts_recovered`).")
@@ -500,7 +478,7 @@ def part_registration(args) -> list:
     ds = open_stamps(NGDEEP, psf=JOF / "psf")
     r = register(ds)
     s, e = _shifts(r)
-    cen = _test_module("test_register")._centroid_shifts(ds, r["band"].values)
+    cen = T._centroid_shifts(ds, r["band"].values)
     t.add("NGDEEP-645: shifts, largest", "< 2 px", f"{np.abs(s).max():.2f} px", bool(np.abs(s).max() < 2))
     t.add("NGDEEP-645: bootstrap errors, largest", "< 0.1 px", f"{e.max():.3f} px", bool(e.max() < 0.1))
     t.add("NGDEEP-645: shift - centroid-based shift, worst", "< 0.4 px", f"{np.abs(s - cen).max():.2f} px",
