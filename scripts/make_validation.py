@@ -466,6 +466,10 @@ def part_registration(args) -> list:
     t.add("S/N 30: scatter, worst axis", "< 0.08 px", f"{scatter.max():.3f} px", bool(np.all(scatter < 0.08)))
     t.add("S/N 30: scatter / mean reported error", "0.5 - 2", rng_str(ratio, "{:.2f}"),
           bool(np.all((ratio > 0.5) & (ratio < 2.0))))
+    bound = T._pair_bound(clean, 30)[:2]
+    t.add("S/N 30: Cramer-Rao bound of the band pair (no estimator scatters less)", "-", rng_str(bound, "{:.3f}") + " px", None)
+    t.add("S/N 30: scatter / Cramer-Rao bound", "< 1.5", rng_str(scatter / bound, "{:.2f}"),
+          bool(np.all(scatter / bound < 1.5)))
     blocks = [t]
 
     t = Table("**Real stamps** (`tests/test_register.py::test_ngdeep_645`, `test_jof_36_matched`).  Shifts measure "
