@@ -68,7 +68,11 @@ Errors
     above, ``w`` the overlap areas) with ``err`` from a
     ``<var>_error`` variable if present, else from ``error`` for image-like variables
     (same dims and unit as ``error``; not noise-free models); NaN otherwise.  Pixel
-    noise is treated as independent.
+    noise is treated as independent, except the intrinsic model's after ``deconvolve``:
+    for ``image`` (model + residual) and ``model`` of a deconvolved Dataset the model's
+    share is the variance of the annulus mean over the deconvolution's bootstrap draws
+    (:func:`pegleg.deconvolve.model_draws`; pixel correlations included), added to
+    ``error_observed``'s for ``image``.  ``profile_error.attrs['error_source']`` says which.
 """
 
 from __future__ import annotations
@@ -335,6 +339,18 @@ def _gradient_operators(valid: np.ndarray) -> tuple[sparse.csr_matrix, sparse.cs
     return out[0], out[1]
 
 
+def _draw_bands(ds: xr.Dataset, var: str, da: xr.DataArray, extra: list) -> list[str] | None:
+    """Band of every plane when the profile's error should use the deconvolution's bootstrap
+    draws (``image`` or ``model`` of a deconvolved Dataset with ``mgm_flux_draws``), else None."""
+    if var not in (S.IMAGE, S.MODEL) or S.MGM_FLUX_DRAWS not in ds or S.MGM_SIGMA not in ds:
+        return None
+    if var == S.IMAGE and S.ERROR_OBSERVED not in ds:
+        return None
+    if extra != [S.BAND]:
+        return None
+    return [str(b) for b in da[S.BAND].values]
+
+
 def _max_radius(shape, cy, cx, q, pa) -> float:
     """Largest elliptical radius (pixels) reached by the stamp (at a corner)."""
     ny, nx = shape
@@ -547,7 +563,17 @@ def radial_profile(ds: xr.Dataset, var: str = "image", *, center: Any = None, el
     err = None
     err_source = "none"
     cand = f"{var}_error"
-    if cand in ds and ds[cand].dims and S.Y in ds[cand].dims:
+    # deconvolved images and intrinsic models: the model's pixel errors are correlated, so its
+    # share of an annulus' error comes from the bootstrap draws (below), not from model_error
+    draws_bands = _draw_bands(ds, var, da, extra)
+    if draws_bands is not None:
+        if var == S.IMAGE and S.ERROR_OBSERVED in ds:
+            cand = S.ERROR_OBSERVED
+        elif var != S.IMAGE:
+            cand = None
+    if cand is None:
+        e = None
+    elif cand in ds and ds[cand].dims and S.Y in ds[cand].dims:
         e = ds[cand]
         err_source = cand
     elif (S.ERROR in ds and var not in _NOISE_FREE and var != S.ERROR
@@ -590,6 +616,22 @@ def radial_profile(ds: xr.Dataset, var: str = "image", *, center: Any = None, el
             ok = valid[p] & np.isfinite(err[p])
             E2[p] = C.multiply(C) @ np.where(ok, err[p], 0.0) ** 2
             E2[p][(W @ (valid[p] & ~ok).astype(float)) > 0] = np.nan
+    if draws_bands is not None:
+        from .deconvolve import model_draws
+
+        nd = 0
+        for p in range(P):
+            md = model_draws(ds, draws_bands[p], centred=True)
+            if md is None:
+                continue
+            nd = max(nd, md.shape[-1])
+            C, _ = cache[valid[p].tobytes()]
+            prof = C @ (md.reshape(ny * nx, -1) * valid[p][:, None])        # (nbin, n_draws) sums
+            base = E2[p] if err is not None else 0.0
+            E2[p] = base + np.var(prof, axis=1, ddof=1)
+        if nd:
+            err_source = (f"{S.ERROR_OBSERVED} + intrinsic model's bootstrap draws" if var == S.IMAGE
+                          else "intrinsic model's bootstrap draws")
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(A_ > 0, S_ / A_, np.nan)
         perr = np.where(A_ > 0, np.sqrt(E2) / A_, np.nan)

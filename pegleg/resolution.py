@@ -130,12 +130,17 @@ def resolution_test(ds: xr.Dataset, short: str = "F150W", long: str = "F444W", *
     xarray.Dataset
         Dimensions ``recipe`` ("separate", "matched"), ``band`` (short, long), ``y``,
         ``x``, ``radius`` (arcsec).  Variables: ``image_ratio`` (recipe, y, x),
-        ``profile_short``, ``profile_long``, ``profile_ratio`` (recipe, radius),
+        ``profile_short``, ``profile_long``, ``profile_ratio``, ``profile_ratio_error``
+        (recipe, radius; the error from the two profiles' errors, see
+        :func:`pegleg.profiles.radial_profile`),
         ``fwhm_fraction_point`` and (with ``truth``) ``fwhm_fraction_galaxy``
         (recipe, band), ``psf_fwhm`` (band, arcsec), ``ratio_bias`` (recipe; mean of
         ratio/median-ratio - 1 inside ``inner`` r50, a colour gradient the recipe
         invented) and ``ratio_flatness`` (recipe; max abs deviation of the ratio from
-        its median inside ``inner`` r50).  Attribute ``r50_long`` (arcsec).
+        its median inside ``inner`` r50; on noisy data dominated by the inner annuli's
+        noise) and ``ratio_chi2`` (recipe; reduced chi2 of a constant ratio, weighted by
+        ``profile_ratio_error``, inside ``inner`` r50: near 1 when the ratio is flat within
+        its errors).  Attribute ``r50_long`` (arcsec).
     """
     from .profiles import radial_profile
     from .psf.models import measure_fwhm
@@ -156,7 +161,7 @@ def resolution_test(ds: xr.Dataset, short: str = "F150W", long: str = "F444W", *
     points = _point_source_dataset(pair, [short, long], point_snr, seed)
     region, _ = S.source_region(pair)
 
-    ratios, prof_s, prof_l, frac_pt, frac_gal, bias, flat = [], [], [], [], [], [], []
+    ratios, ratio_err, prof_s, prof_l, frac_pt, frac_gal, bias, flat, chi2 = [], [], [], [], [], [], [], [], []
     r50_long = None
     radius = None
     for recipe in RECIPES:
@@ -169,15 +174,26 @@ def resolution_test(ds: xr.Dataset, short: str = "F150W", long: str = "F444W", *
         prof = radial_profile(res, S.IMAGE, **geom)
         p_s = prof["profile"].sel({S.BAND: short}).values
         p_l = prof["profile"].sel({S.BAND: long}).values
+        e_s = prof["profile_error"].sel({S.BAND: short}).values
+        e_l = prof["profile_error"].sel({S.BAND: long}).values
         radius = prof["radius"].values
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio_img = res[S.IMAGE].sel({S.BAND: short}).values / res[S.IMAGE].sel({S.BAND: long}).values
             pr = p_s / p_l
+            pr_err = np.abs(pr) * np.hypot(e_s / p_s, e_l / p_l)
         inside = (radius <= inner * r50_long) & np.isfinite(pr)
         med = np.median(pr[inside]) if inside.any() else np.nan
         bias.append(float(np.mean(pr[inside] / med - 1)) if inside.any() else np.nan)
         flat.append(float(np.max(np.abs(pr[inside] / med - 1))) if inside.any() else np.nan)
+        use = inside & np.isfinite(pr_err) & (pr_err > 0)
+        if use.sum() > 1:
+            w = 1.0 / pr_err[use] ** 2
+            mean_w = np.sum(w * pr[use]) / np.sum(w)
+            chi2.append(float(np.sum(w * (pr[use] - mean_w) ** 2) / (use.sum() - 1)))
+        else:
+            chi2.append(np.nan)
         ratios.append(ratio_img)
+        ratio_err.append(pr_err)
         prof_s.append(p_s)
         prof_l.append(p_l)
         pres = _recipe(points, recipe, long, "none")
@@ -198,10 +214,15 @@ def resolution_test(ds: xr.Dataset, short: str = "F150W", long: str = "F444W", *
         "profile_short": (("recipe", "radius"), np.array(prof_s), {"units": S.image_units(ds), "long_name": f"{short} profile per pixel"}),
         "profile_long": (("recipe", "radius"), np.array(prof_l), {"units": S.image_units(ds), "long_name": f"{long} profile per pixel"}),
         "profile_ratio": (("recipe", "radius"), np.array(prof_s) / np.array(prof_l), {"units": "1", "long_name": f"{short}/{long} profile ratio"}),
+        "profile_ratio_error": (("recipe", "radius"), np.array(ratio_err),
+                                {"units": "1", "long_name": f"1-sigma uncertainty of the {short}/{long} profile ratio "
+                                 "(the profiles' errors, the intrinsic model's bootstrap spread included)"}),
         "fwhm_fraction_point": (("recipe", S.BAND), np.array(frac_pt), {"units": "1", "long_name": "PSF-corrected point-source FWHM / original PSF FWHM"}),
         "psf_fwhm": ((S.BAND,), np.array([fwhm[short], fwhm[long]]), {"units": "arcsec", "long_name": "original PSF FWHM"}),
         "ratio_bias": (("recipe",), np.array(bias), {"units": "1", "long_name": f"mean profile ratio / median - 1 inside {inner} r50"}),
         "ratio_flatness": (("recipe",), np.array(flat), {"units": "1", "long_name": f"max abs profile ratio / median - 1 inside {inner} r50"}),
+        "ratio_chi2": (("recipe",), np.array(chi2), {"units": "1", "long_name": f"reduced chi2 of a constant profile ratio inside {inner} r50 "
+                                                    "(about ~1: flat within the errors)"}),
     }
     if truth is not None:
         data["fwhm_fraction_galaxy"] = (("recipe", S.BAND), np.array(frac_gal),
