@@ -87,6 +87,7 @@ MODEL_ERROR, ERROR_OBSERVED, MGM_FLUX_DRAWS = "model_error", "error_observed", "
 FLUX_TOTAL, FLUX_TOTAL_ERROR, R50, R80, SKY, SKY_NOISE = (
     "flux_total", "flux_total_error", "r50", "r80", "sky", "sky_noise")
 CHI2_REDUCED, RESIDUAL_FRACTION = "chi2_reduced", "residual_fraction"
+SEGMENT_FLUX_CHANGE, SEGMENT_PSF_SPILL = "segment_flux_change", "segment_psf_spill"
 CENTRE_Y, CENTRE_X, AXIS_RATIO, POSITION_ANGLE = "centre_y", "centre_x", "axis_ratio", "position_angle"
 FIT_OK, FIT_MESSAGE = "deconvolve_ok", "deconvolve_message"
 MGM_SIGMA, MGM_FLUX = "mgm_sigma", "mgm_flux"
@@ -110,6 +111,10 @@ VARIABLES.update({
     SKY_NOISE: ((BAND,), IMAGE_UNIT, "robust pixel-to-pixel rms of the sky pixels"),
     CHI2_REDUCED: ((BAND,), "1", "reduced chi-square of the fit"),
     RESIDUAL_FRACTION: ((BAND,), "1", "median |residual| / convolved model inside the source segment"),
+    SEGMENT_FLUX_CHANGE: ((BAND,), "1", "flux conservation: PSF-corrected image convolved with the PSF, summed "
+                                        "over the segment, / (observed - sky) summed there - 1"),
+    SEGMENT_PSF_SPILL: ((BAND,), "1", "intrinsic / PSF-convolved model flux inside the segment - 1: the light "
+                                      "the PSF scatters out of the segment, which the PSF-corrected image puts back"),
     CENTRE_Y: ((BAND,), "pixel", "model centre, row"),
     CENTRE_X: ((BAND,), "pixel", "model centre, column"),
     AXIS_RATIO: ((BAND,), "1", "model axis ratio (minor/major)"),

@@ -274,7 +274,9 @@ def part_deconvolve(args) -> list:
     t = Table("**Real stamps** (`tests/test_deconvolve_realdata.py`; JOF stamps opened with `matched_to=\"F444W\"`, all "
               "19 bands deconvolved with the F444W PSF; NGDEEP-645 at native resolution, 6 bands).  Stamp flux = "
               "sum of the PSF-corrected image / sum of (observed - sky) - 1 over unmasked pixels; segment flux: the "
-              "same inside the source's segment.  ERR / rms is the inverse of `calibrate_errors`' `error_scale`.")
+              "same inside the source's segment, which exceeds the data by the light the PSF scatters out of the "
+              "segment; flux conservation: `qa()`'s `segment_flux_change`, the PSF-corrected image convolved with the "
+              "PSF again against the data inside the segment.  ERR / rms is the inverse of `calibrate_errors`' `error_scale`.")
     if not have_data():
         t.skip("JOF-36, JOF-531, JOF-778, NGDEEP-645")
         blocks.append(t)
@@ -307,7 +309,15 @@ def part_deconvolve(args) -> list:
             t.add(f"JOF-{gid}: stamp flux, {', '.join(three)}", "within 4%", rng_str(c3, "{:+.1%}"),
                   bool(np.all(np.abs(c3) < 0.04)))
             t.add(f"JOF-{gid}: sky within 1 sky rms, {', '.join(three)}", "all", "yes" if sky_ok else "no", sky_ok)
+        qa_ = d.pegleg.qa()
+        nircam = [str(b) for b in d["band"].values if str(b) not in HST]
+        fc = qa_.loc[nircam, "segment_flux_change"].values
+        spill3 = qa_.loc[three, "segment_psf_spill"].values
         t.add(f"JOF-{gid}: segment flux, {', '.join(three)}", "-", rng_str(s3, "{:+.0%}"))
+        t.add(f"JOF-{gid}: ... of which PSF light scattered out of the segment (model), {', '.join(three)}", "-",
+              rng_str(spill3, "{:+.1%}") + f" (segment flux - spill: {rng_str(s3 - spill3, '{:+.1%}')})")
+        t.add(f"JOF-{gid}: flux conservation in the segment (PSF-corrected image re-convolved vs data), "
+              f"{len(nircam)} NIRCam bands", "within 3%", rng_str(fc, "{:+.1%}"), bool(np.all(np.abs(fc) < 0.03)))
         t.add(f"JOF-{gid}: model centre within 2 px of the segment centroid", ">= 15 of 19 bands",
               f"{int(qa['centre_ok'].sum())} of {len(qa)}", bool(qa["centre_ok"].sum() >= 15))
         if gid == "36":
@@ -331,6 +341,9 @@ def part_deconvolve(args) -> list:
     t.add("NGDEEP-645: every band fitted", "all", f"{int(d['deconvolve_ok'].sum())} of {d.sizes['band']}", ok)
     good = bool(qa["sky_ok"].all() and qa["centre_ok"].all())
     t.add("NGDEEP-645: sky and centre QA", "all bands", f"{int((qa['sky_ok'] & qa['centre_ok']).sum())} of {len(qa)}", good)
+    fc = qa["segment_flux_change"].values
+    t.add("NGDEEP-645: flux conservation in the segment, every band", "within 3%", rng_str(fc, "{:+.1%}"),
+          bool(np.all(np.abs(fc) < 0.03)))
     r50 = d["r50"].values
     t.add("NGDEEP-645: r50", "0.05\" - 0.4\"", f"{r50.min():.3f}\" - {r50.max():.3f}\"",
           bool(np.all((r50 > 0.05) & (r50 < 0.4))))

@@ -51,7 +51,21 @@ def test_jof_match_then_deconvolve_f444w(shared_data, gid):
     # (the model PSF has 2.5% of its light outside a 65-pixel box)
     cons = _stamp_conservation(out)
     assert np.all(np.abs(cons) < 0.04), cons
-    assert out.pegleg.qa()["sky_ok"].all()
+    qa = out.pegleg.qa()
+    assert qa["sky_ok"].all()
+    # inside the segment: the PSF-corrected image re-convolved with the PSF holds the data's
+    # flux within 3% (measured -2.1% to -0.4%), while its own segment sum is higher by the
+    # light the PSF scatters out of the segment (12% for JOF-36, 19% for JOF-531), which the
+    # model predicts to within 1.5%
+    assert np.all(np.abs(qa["segment_flux_change"]) < 0.03), qa["segment_flux_change"]
+    assert qa["flux_ok"].all()
+    seg, _ = pegleg.schema.source_region(ds)
+    for i, b in enumerate(out["band"].values):
+        m = ~out["mask"].values[i] & seg
+        obs = out["image_observed"].values[i] - float(out["sky"][i])
+        raw = out["image"].values[i][m].sum() / obs[m].sum() - 1
+        assert 0.08 < raw < 0.25, (b, raw)
+        assert abs(raw - qa.loc[b, "segment_psf_spill"]) < 0.015, (b, raw, qa.loc[b, "segment_psf_spill"])
 
 
 @pytest.mark.slow
@@ -64,3 +78,8 @@ def test_jof_all_bands(shared_data, gid):
     pegleg.validate(out)
     qa = out.pegleg.qa()
     assert len(qa) == 19 and qa["centre_ok"].sum() >= 15
+    # flux bookkeeping in the segment: every NIRCam band within 3% (measured: worst -2.6%;
+    # faint HST bands scatter more, e.g. F435W of JOF-531 at -35%)
+    nircam = [b for b in qa.index if b.startswith("F") and b[1:4].isdigit() and b not in
+              ("F435W", "F606W", "F775W", "F814W", "F850LP")]
+    assert np.all(np.abs(qa.loc[nircam, "segment_flux_change"]) < 0.03), qa.loc[nircam, "segment_flux_change"]
