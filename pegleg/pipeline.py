@@ -4,8 +4,8 @@
 galaxy out of per-band mosaics (or reads its own stamp folder), runs the recommended
 chain
 
-    ``open_stamps`` -> ``psf_match(match_to)`` -> ``deconvolve`` -> ``calibrate_errors``
-    -> ``sedfit(redshift=<catalogue>)``
+    ``open_stamps`` -> [``register(apply=True)``] -> ``psf_match(match_to)`` -> ``deconvolve``
+    -> ``calibrate_errors`` -> ``sedfit(redshift=<catalogue>)``
 
 and writes ``<output_dir>/<id>.nc`` (atomically) plus a one-row-per-galaxy
 ``summary.csv`` (and ``summary.parquet`` when pyarrow is installed).  The command line
@@ -64,6 +64,7 @@ Configuration (TOML, ``version = 1``)
         psf = "psf"                # folder of <BAND>.fits PSFs, inside data_dir
         stamp_size = 65            # pixels; a catalogue 'size' column gives 4 x size
         match_to = "F444W"         # false: no PSF matching
+        register = false           # true: align the bands to the reference band first
         calibrate_errors = true
         bands = ["F115W", "F150W", "F200W", "F277W", "F356W", "F444W"]   # optional
 
@@ -314,6 +315,7 @@ _TOP_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "stamp_size": ((int,), "an integer number of pixels"),
     "match_to": ((str, bool, type(None)), "a band name or false"),
     "calibrate_errors": ((bool,), "true or false"),
+    "register": ((bool,), "true or false"),
     "bands": ((list, tuple, type(None)), "a list of band names"),
     "open_stamps": ((Mapping,), "a table"),
     "psf_match": ((Mapping,), "a table"),
@@ -353,6 +355,14 @@ class Config:
         ``sedfit.network``/``sedfit.emulator``: see "Path safety" in the module docstring.
     calibrate_errors : bool
         Rescale the errors to the measured sky rms after deconvolving (default True).
+    register : bool
+        Measure and apply the sub-pixel shifts of the bands relative to the reference
+        band (:func:`pegleg.register.register` with ``apply=True``) before matching and
+        deconvolving (default False: mosaics on one astrometric grid are used as they
+        are).  Residual misalignments show up as dipole residuals in the pixel SED fits:
+        on the JOF stamps ~1 px offsets of F162M, F335M and F356W raised JOF-778's median
+        reduced chi2 to 4.6 (1.8 registered).  Shifts measure the light, so bands whose
+        morphology genuinely differs are moved too (see :mod:`pegleg.register`).
     bands : list of str, optional
         Bands to use (default: every band of ``mosaics`` / of each stamp folder).
     data_dir, output_dir : folder
@@ -379,6 +389,7 @@ class Config:
     psf_match: dict[str, Any] = dataclasses.field(default_factory=dict)
     deconvolve: dict[str, Any] = dataclasses.field(default_factory=dict)
     calibrate_errors: bool = True
+    register: bool = False
     sedfit: dict[str, Any] = dataclasses.field(default_factory=dict)
     bands: list[str] | None = None
     data_dir: Any = "."
@@ -884,6 +895,8 @@ def _chain(row: Mapping, config: Config) -> tuple[Any, str, int]:
         size = int(ds.sizes["y"])
     bands = [str(b) for b in ds["band"].values]
     ref = _reference_band(bands, config, ds)
+    if config.register:
+        ds = ds.pegleg.register(ref, apply=True)
     if config.match_to is not None and not str(ds.attrs.get("resolution", "")).startswith("matched:"):
         ds = ds.pegleg.psf_match(ref, **{"progress": False, **config.psf_match})
     ds = ds.pegleg.deconvolve(**{"n_workers": 1, "progress": False, **config.deconvolve})

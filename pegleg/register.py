@@ -54,6 +54,7 @@ import xarray as xr
 from scipy import ndimage, signal
 
 from . import schema as S
+from ._inpaint import fill_masked
 from .exceptions import PeglegWarning, SchemaError
 
 __all__ = ["register", "measure_shift", "shift_image", "MAX_SHIFT", "MAX_SHIFT_ERROR"]
@@ -70,6 +71,9 @@ MAX_SHIFT_ERROR = 0.5
 #: Largest ``upsample`` (0.001-pixel steps) and ``n_bootstrap`` accepted: the upsampled DFT
 #: allocates arrays growing with ``upsample`` (1e9 asked for 235 GiB).
 MAX_UPSAMPLE = 1000
+#: ``apply=True`` masks a shifted band's edge pixels that draw more than this fraction of
+#: their interpolation weight from beyond the stamp (a 0.5-pixel shift: one edge row).
+EDGE_FRACTION = 0.25
 MAX_BOOTSTRAP = 10_000
 
 
@@ -78,16 +82,7 @@ MAX_BOOTSTRAP = 10_000
 # ---------------------------------------------------------------------------
 def _fill(img: np.ndarray, valid: np.ndarray, sigma: float = _FILL_SIGMA) -> np.ndarray:
     """``img`` with invalid pixels replaced by normalised Gaussian interpolation (else 0)."""
-    out = np.where(valid, img, 0.0)
-    bad = ~valid
-    if not bad.any():
-        return out
-    num = ndimage.gaussian_filter(out, sigma, mode="constant")
-    den = ndimage.gaussian_filter(valid.astype(float), sigma, mode="constant")
-    with np.errstate(invalid="ignore", divide="ignore"):
-        interp = np.where(den > 1e-3, num / den, 0.0)
-    out[bad] = interp[bad]
-    return out
+    return fill_masked(img, valid, (sigma,))
 
 
 def _window(shape: tuple[int, int], region: np.ndarray | None) -> np.ndarray:
@@ -133,15 +128,20 @@ def shift_image(img: np.ndarray, shift: tuple[float, float], valid: np.ndarray |
 
     Invalid pixels are filled (normalised Gaussian interpolation) before shifting.
     Returns ``(shifted, touched)``: ``touched`` marks output pixels whose interpolation
-    used an invalid pixel or lay outside the input (the shifted invalid mask, linear
-    interpolation, any overlap), grown by one pixel for the cubic spline's reach.
+    used an invalid pixel (the shifted invalid mask, linear interpolation, any overlap,
+    grown by one pixel for the cubic spline's reach) or that draw more than
+    :data:`EDGE_FRACTION` of their linear-interpolation weight from beyond the stamp edge
+    (there the edge values are extended).
     """
     valid = np.isfinite(img) if valid is None else (valid & np.isfinite(img))
     out = ndimage.shift(_fill(img, valid), shift, order=order, mode="nearest")
-    touched = ndimage.shift((~valid).astype(float), shift, order=1, mode="constant", cval=1.0) > 1e-6
+    touched = ndimage.shift((~valid).astype(float), shift, order=1, mode="constant", cval=0.0) > 1e-6
     if order > 1:
         touched = ndimage.binary_dilation(touched, np.ones((3, 3), bool))
-    return out, touched
+    # the stamp edge: pixels drawing more than EDGE_FRACTION of their (linear) weight from
+    # beyond the stamp have no data (a 0.02-pixel shift does not empty the edge rows)
+    beyond = ndimage.shift(np.zeros(img.shape), shift, order=1, mode="grid-constant", cval=1.0)
+    return out, touched | (beyond > EDGE_FRACTION)
 
 
 # ---------------------------------------------------------------------------
@@ -161,8 +161,9 @@ def register(ds: xr.Dataset, reference: str = "F444W", *, apply: bool = False, u
         Also shift the images: every float ``(band, y, x)`` variable (``image``, models,
         ...) by cubic spline (masked pixels filled first), ``error`` by linear
         interpolation of the variance, and ``mask`` shifted and grown: a pixel is
-        masked when its interpolation touched a masked pixel or the stamp edge, plus one
-        pixel.  ``attrs['registered_to']`` names the reference and
+        masked when its interpolation touched a masked pixel (plus one pixel for the
+        spline's reach) or drew more than :data:`EDGE_FRACTION` of its weight from
+        beyond the stamp edge.  ``attrs['registered_to']`` names the reference and
         ``attrs['registration']`` the shifted bands; bands whose shift is unreliable
         (see Warns) are left as they are.
     upsample : int

@@ -273,6 +273,18 @@ def test_stamp_folders_in_process(field, tmp_path):
         {k: v for k, v in res.items() if k != "skipped"}, nan_ok=True)
     missing = process_galaxy({**row, "id": "gal 10"}, config)
     assert missing["status"] == "error" and "gal_10" in missing["error"]
+    # register = true: the bands are aligned to the reference band first (a no-op here: the
+    # synthetic bands are aligned, so the fit barely changes)
+    text = _stamps_toml(field["network"]).replace('output_dir = "out"', 'output_dir = "out_reg"\nregister = true')
+    reg = Config.from_toml(_write(tmp_path, text))
+    (tmp_path / "out_reg").mkdir()
+    res2 = process_galaxy(row, reg, resume=False)
+    assert res2["status"] == "ok", res2["error"]
+    ds = pegleg.open_dataset(tmp_path / "out_reg" / "gal_9.nc")
+    steps = [h["step"] for h in ds.pegleg.history]
+    assert steps.index("register") < steps.index("deconvolve")
+    assert np.all(np.abs(ds["shift_x"].values) < 0.2) and np.all(np.abs(ds["shift_y"].values) < 0.2)
+    assert abs(res2["log_mass_integrated_p50"] - res["log_mass_integrated_p50"]) < 0.05
 
 
 # ---------------------------------------------------------------------------
@@ -486,6 +498,7 @@ def test_config_defaults_and_toml(field):
     d = Config(mosaics={"F444W": str(field["root"] / "data" / "mosaics" / "F444W_sci.fits")},
                data_dir=field["root"] / "data")
     assert d.stamp_size == 65 and d.match_to == "F444W" and d.calibrate_errors and d.deconvolve == {}
+    assert d.register is False
     assert len(c.digest()) == 12 and c.digest() == Config.from_toml(field["config"]).digest()
 
 
@@ -500,6 +513,8 @@ def test_config_errors(field):
         "type": (base.replace("stamp_size = 41", 'stamp_size = "41"'), SchemaError, "stamp_size"),
         "bool type": (base.replace("calibrate_errors = true", "calibrate_errors = 1"), SchemaError,
                       "calibrate_errors"),
+        "register type": (base.replace("calibrate_errors = true", 'calibrate_errors = true\nregister = "yes"'),
+                          SchemaError, "register"),
         "step option": (base + "\n[deconvolve]\nsky_modle = 'flat'\n", SchemaError, "sky_modle"),
         "option type": (base.replace('method = "fast"', 'method = "fast"\nn_draws = "many"'), SchemaError,
                         "n_draws"),

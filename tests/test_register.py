@@ -114,11 +114,18 @@ def test_sign_convention(clean):
     assert ra.attrs["registered_to"] == "F444W"
     assert [h["step"] for h in ra.pegleg.history][-1] == "register"
     assert ra.pegleg.history[-1]["parameters"]["apply"] is True
-    # the reference band is untouched; F150W moved left (shift_x = -0.5): its right edge,
-    # which has no data now, is masked (plus one pixel for the spline's reach)
+    # the reference band is untouched; F150W moved left (shift_x = -0.5): its right edge
+    # column, half of whose interpolation weight lies beyond the stamp, is masked; F277W
+    # (shift_y = +0.3) loses its first row
     np.testing.assert_array_equal(ra["image"].sel(band="F444W"), ds["image"].sel(band="F444W"))
     m = ra["mask"].sel(band="F150W").values
-    assert m[:, -2:].all() and not m[2:-2, :-2].any()
+    assert m[:, -1].all() and not m[:, :-1].any()
+    m2 = ra["mask"].sel(band="F277W").values
+    assert m2[0].all() and not m2[1:].any()
+    # a tiny shift masks nothing (the edge pixels draw < 25% of their weight from outside)
+    tiny = _injected(clean, 0, 300, injected={"F150W": (0.03, -0.05), "F277W": (0.0, 0.0), "F444W": (0.0, 0.0)})
+    rt = register(tiny, apply=True)
+    assert not rt["mask"].values.any()
 
 
 def test_apply_mask_and_error(clean):
