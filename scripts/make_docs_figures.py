@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Make the real-data figures of the documentation (needs ../shared/data; long-ish job).
 
-For JOF-36, JOF-531 and JOF-778 (declared PSF-matched to F444W, deconvolved with the
-F444W PSF, errors calibrated to the sky rms, SED-fitted at the catalogue redshift) and
-NGDEEP-645 (native resolution, deconvolved per band; fitted at z = 1.0, no catalogue
-redshift): maps, mass/colour/light profiles and the M/L-colour relation, written to
+For JOF-36, JOF-531 and JOF-778 (declared PSF-matched to F444W, registered to F444W,
+deconvolved with the F444W PSF, errors calibrated to the sky rms, SED-fitted at the
+catalogue redshift) and NGDEEP-645 (native resolution, registered, deconvolved per band;
+fitted at z = 1.0, no catalogue redshift): maps, mass/colour/light profiles and the M/L-colour relation, written to
 ``docs/_static/realdata/`` with a ``numbers.txt`` summary.
 
 Usage::
@@ -39,7 +39,7 @@ def load(gid: str):
             src = json.loads((jof / "galaxies" / gid / "source.json").read_text())
             ds = pegleg.open_stamps(jof / "galaxies" / gid, psf=jof / "psf", matched_to="F444W",
                                     redshift=src["redshift_phot"])
-        return ds.pegleg.deconvolve(progress=False).pegleg.calibrate_errors()
+        return ds.pegleg.register(apply=True).pegleg.deconvolve(progress=False).pegleg.calibrate_errors()
 
 
 def main() -> int:
