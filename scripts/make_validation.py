@@ -822,7 +822,11 @@ def _mass_profile_table(caption: str, obs, truth, em, net, *, slope: bool) -> "T
         t.add("M/L(F444W) vs F150W-F444W slope / true slope", "within 20%",
               f"{mlc.attrs['slope']:.3f} / {true_slope:.3f} = {ratio:.2f}", bool(abs(ratio - 1) < 0.2))
         for snr in (20.0, 30.0):        # the fitted M/L of S/N 10-30 pixels is compressed towards the prior's
-            m2 = ml_colour(fit, "F444W", ("F150W", "F444W"), min_snr=snr)
+            try:
+                m2 = ml_colour(fit, "F444W", ("F150W", "F444W"), min_snr=snr)
+            except pegleg.FitError as exc:
+                t.add(f"... with `ml_colour(min_snr={snr:.0f})`", "-", f"n/a ({exc})")
+                continue
             y2, x2 = m2["y"].values, m2["x"].values
             c2 = -2.5 * np.log10(ti.sel(band="F150W").values[y2, x2] / ti.sel(band="F444W").values[y2, x2])
             l2 = truth["log_stellar_mass"].values[y2, x2] - np.log10(ti.sel(band="F444W").values[y2, x2])
