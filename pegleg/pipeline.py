@@ -361,7 +361,7 @@ class Config:
         deconvolving (default False: mosaics on one astrometric grid are used as they
         are).  Residual misalignments show up as dipole residuals in the pixel SED fits:
         on the JOF stamps ~1 px offsets of F162M, F335M and F356W raised JOF-778's median
-        reduced chi2 to 4.6 (1.8 registered).  Shifts measure the light, so bands whose
+        reduced chi2 to 4.65 (1.78 registered).  Shifts measure the light, so bands whose
         morphology genuinely differs are moved too (see :mod:`pegleg.register`).
     bands : list of str, optional
         Bands to use (default: every band of ``mosaics`` / of each stamp folder).
