@@ -405,10 +405,10 @@ def convolve_band(image: np.ndarray, error: np.ndarray, mask: np.ndarray, kernel
     new_img = fftconvolve(img, kernel, mode="same")
     new_var = fftconvolve(var, kernel * kernel, mode="same")
     new_err = np.sqrt(np.clip(new_var, 0.0, None))
-    new_mask = mask.copy()
-    if mask.any():
+    new_mask = mask | ~ok
+    if new_mask.any():                  # grown from every filled pixel (masked or non-finite)
         ak = np.abs(kernel)
-        frac = fftconvolve(mask.astype(float), ak / ak.sum(), mode="same")
+        frac = fftconvolve((~ok).astype(float), ak / ak.sum(), mode="same")
         new_mask |= frac > mask_threshold
     new_mask |= ~(new_err > 0) | ~np.isfinite(new_img)
     return new_img, new_err, new_mask

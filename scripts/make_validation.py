@@ -787,6 +787,15 @@ _OLD = {"av": 0.8, "log_metallicity": 0.0, **{f"dsfr{k}": -0.4 for k in range(1,
 _YOUNG = {"av": 0.1, "log_metallicity": -1.0, **{f"dsfr{k}": 0.2 for k in range(1, 7)}}
 
 
+def _true_ml_slope(truth, mlc) -> float:
+    """Slope of the true log M/L(F444W) against the true F150W - F444W colour on the pixels of ``mlc``."""
+    ti = truth["image"]
+    yy, xx = mlc["y"].values, mlc["x"].values
+    col = -2.5 * np.log10(ti.sel(band="F150W").values[yy, xx] / ti.sel(band="F444W").values[yy, xx])
+    lml = truth["log_stellar_mass"].values[yy, xx] - np.log10(ti.sel(band="F444W").values[yy, xx])
+    return float(np.polyfit(col, lml, 1)[0])
+
+
 def _mass_profile_table(caption: str, obs, truth, em, net, *, slope: bool) -> "Table":
     """deconvolve -> sedfit -> mass_profile (and ml_colour) of a physical synthetic galaxy vs its truth."""
     from pegleg.mass_profile import ml_colour
@@ -813,11 +822,7 @@ def _mass_profile_table(caption: str, obs, truth, em, net, *, slope: bool) -> "T
     t.add("total mass (profile) vs truth", "within 0.1 dex", f"{dm:+.3f} dex", bool(abs(dm) < 0.1))
     if slope:
         mlc = ml_colour(fit, "F444W", ("F150W", "F444W"))
-        ti = truth["image"]
-        yy, xx = mlc["y"].values, mlc["x"].values
-        col = -2.5 * np.log10(ti.sel(band="F150W").values[yy, xx] / ti.sel(band="F444W").values[yy, xx])
-        lml = truth["log_stellar_mass"].values[yy, xx] - np.log10(ti.sel(band="F444W").values[yy, xx])
-        true_slope = float(np.polyfit(col, lml, 1)[0])
+        true_slope = _true_ml_slope(truth, mlc)
         ratio = mlc.attrs["slope"] / true_slope
         t.add("M/L(F444W) vs F150W-F444W slope / true slope", "within 20%",
               f"{mlc.attrs['slope']:.3f} / {true_slope:.3f} = {ratio:.2f}", bool(abs(ratio - 1) < 0.2))
@@ -827,10 +832,7 @@ def _mass_profile_table(caption: str, obs, truth, em, net, *, slope: bool) -> "T
             except pegleg.FitError as exc:
                 t.add(f"... with `ml_colour(min_snr={snr:.0f})`", "-", f"n/a ({exc})")
                 continue
-            y2, x2 = m2["y"].values, m2["x"].values
-            c2 = -2.5 * np.log10(ti.sel(band="F150W").values[y2, x2] / ti.sel(band="F444W").values[y2, x2])
-            l2 = truth["log_stellar_mass"].values[y2, x2] - np.log10(ti.sel(band="F444W").values[y2, x2])
-            ts2 = float(np.polyfit(c2, l2, 1)[0])
+            ts2 = _true_ml_slope(truth, m2)
             t.add(f"... with `ml_colour(min_snr={snr:.0f})` ({m2.sizes['pixel']} pixels, default 10: "
                   f"{mlc.sizes['pixel']})", "-", f"{m2.attrs['slope']:.3f} / {ts2:.3f} = {m2.attrs['slope'] / ts2:.2f}")
     return t
