@@ -113,6 +113,31 @@ def test_activations_run(act):
     assert np.all(np.isfinite(e.predict(e.sample_prior(10, seed=0))))
 
 
+@pytest.mark.parametrize("act", ["gelu_tanh", "gelu", "silu", "relu", "tanh"])
+def test_evaluate_folded_matches_predict(act):
+    """evaluate() runs a folded network (standardisation, GELU's 1/2, colours + reference
+    and -0.4 (m - 23.9) moved into the weights): same fluxes and derived values as
+    predict()/derived(), across chunk boundaries, for rows out of bounds and a single row."""
+    e = make_emulator(hidden=(24, 24, 24), activation=act)
+    e.chunk_size = 7                                          # several chunks and a short last one
+    x = e.sample_prior(40, seed=9)
+    x[[3, 17], 2] = 99.0                                      # out of bounds -> NaN rows
+    for filters in (None, ["F444W", "F115W"], "F200W"):
+        flux, der = e.evaluate(x, filters, strict=False)
+        mags = e.predict(x, filters, strict=False)
+        if mags.ndim == 1:
+            mags = mags[:, None]
+        np.testing.assert_allclose(flux, 10 ** (-0.4 * (mags - 23.9)), rtol=2e-5)
+        assert np.isnan(flux[[3, 17]]).all() and np.isfinite(np.delete(flux, [3, 17], 0)).all()
+        ref = e.derived(x, strict=False)
+        for k in ("log_stellar_mass", "log_sfr100", "log_age_mw", "av"):
+            np.testing.assert_allclose(der[k], ref[k], atol=2e-5, equal_nan=True)
+        assert np.isnan(der["log_sfr10"]).all()              # not an output of this network
+    f1, d1 = e.evaluate(x[0], ["F115W", "F444W"])
+    assert f1.shape == (2,) and np.ndim(d1["av"]) == 0
+    np.testing.assert_allclose(f1, e.evaluate(x[:1], ["F115W", "F444W"])[0][0], rtol=1e-6)
+
+
 def test_roundtrip_bitwise(emu, saved):
     loaded = load_emulator(saved)
     x = emu.sample_prior(1000, seed=5)

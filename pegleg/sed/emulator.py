@@ -112,6 +112,21 @@ def _gelu_tanh(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def _gelu_tanh_doubled(x: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
+    """Twice GELU (tanh approximation), in place: ``x (1 + tanh(u))``; the 1/2 lives in the next layer.
+
+    ``t`` is an optional scratch array of ``x``'s shape.
+    """
+    t = np.multiply(x, x, out=t)
+    t *= np.float32(0.044715) * _SQRT_2_OVER_PI
+    t += _SQRT_2_OVER_PI
+    t *= x
+    np.tanh(t, out=t)
+    t += np.float32(1.0)
+    x *= t
+    return x
+
+
 def _gelu_erf(x: np.ndarray) -> np.ndarray:
     from scipy.special import erf
 
@@ -161,18 +176,37 @@ def activation_function(name: str):
 
 
 def _forward(x: np.ndarray, weights: Sequence[np.ndarray], biases: Sequence[np.ndarray],
-             act, chunk_size: int = 2048) -> np.ndarray:
-    """Batched MLP: hidden layers with ``act``, last layer linear.  ``x`` float32 (N, in)."""
+             act, chunk_size: int = 1024) -> np.ndarray:
+    """Batched MLP: hidden layers with ``act``, last layer linear.  ``x`` float32 (N, in).
+
+    Rows are processed in chunks that stay in cache, through two preallocated buffers
+    per width (fresh arrays of this size cost page faults on every layer).
+    """
     n = x.shape[0]
     out = np.empty((n, weights[-1].shape[1]), dtype=np.float32)
-    for start in range(0, n, chunk_size):
-        h = x[start:start + chunk_size]
-        for w, b in zip(weights[:-1], biases[:-1]):
-            h = h @ w
-            h += b
-            act(h)
-        np.matmul(h, weights[-1], out=out[start:start + chunk_size])
-        out[start:start + chunk_size] += biases[-1]
+    chunk = max(1, min(chunk_size, n))
+    buffers = {}
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        h = x[start:stop]
+        for i, (w, b) in enumerate(zip(weights[:-1], biases[:-1])):
+            key = (w.shape[1], i % 2)
+            buf = buffers.get(key)
+            if buf is None:
+                buf = buffers[key] = np.empty((chunk, w.shape[1]), dtype=np.float32)
+            hn = buf[:stop - start]
+            np.matmul(h, w, out=hn)
+            hn += b
+            if act is _gelu_tanh_doubled:
+                sk = buffers.get((w.shape[1], "scratch"))
+                if sk is None:
+                    sk = buffers[(w.shape[1], "scratch")] = np.empty((chunk, w.shape[1]), dtype=np.float32)
+                h = act(hn, sk[:stop - start])
+            else:
+                h = act(hn)
+        o = out[start:stop]
+        np.matmul(h, weights[-1], out=o)
+        o += biases[-1]
     return out
 
 
@@ -432,7 +466,7 @@ class MLPEmulator(BaseEmulator):
         ``version`` may be omitted).
     """
 
-    chunk_size = 2048
+    chunk_size = 1024
 
     def __init__(self, weights, biases, x_mean, x_std, y_mean, y_std, sigma,
                  metadata: Mapping[str, Any], *, name: str = "emulator"):
@@ -547,57 +581,81 @@ class MLPEmulator(BaseEmulator):
         return out
 
     def _sliced(self, fidx: np.ndarray):
-        """Last layer cut to the reference magnitude, the colours of ``fidx`` and the derived outputs."""
+        """The network folded for :meth:`evaluate` on the filters ``fidx`` (cached per filter set).
+
+        Exact algebra, done once in float64 and stored as float32:
+
+        - the input standardisation ``(x - x_mean) / x_std`` goes into the first layer;
+        - for ``gelu_tanh`` the factor 1/2 of ``x (1 + tanh(u)) / 2`` goes into the next
+          layer's weights, so the activation is one pass shorter;
+        - the last layer keeps only the reference magnitude, the colours of ``fidx`` and the
+          derived outputs, and its de-standardisation, the reference magnitude added to each
+          colour and ``log10 f = -0.4 (m - 23.9)`` are folded in, so it returns log10 of
+          the flux in uJy at the reference mass directly (no post-processing pass).
+        """
         key = tuple(int(i) for i in fidx)
         cache = self.__dict__.setdefault("_slice_cache", {})
         if key not in cache:
+            f64 = np.float64
+            Ws = [w.astype(f64) for w in self.weights]
+            bs = [b.astype(f64) for b in self.biases]
+            inv = 1.0 / self.x_std.astype(f64)
+            bs[0] = bs[0] - (self.x_mean.astype(f64) * inv) @ Ws[0]
+            Ws[0] = Ws[0] * inv[:, None]
+            halved = self.activation == "gelu_tanh"
+            if halved:
+                Ws[1:] = [0.5 * w for w in Ws[1:]]
+            # de-standardised last layer: y = h @ A + c
+            A = Ws[-1] * self.y_std.astype(f64)
+            c = bs[-1] * self.y_std.astype(f64) + self.y_mean.astype(f64)
             cc = self._color_col[fidx]
+            ref_A, ref_c = A[:, self._ref_col], c[self._ref_col]
+            mag_A = np.stack([ref_A + (A[:, k] if k >= 0 else 0.0) for k in cc], axis=1)
+            mag_c = np.array([ref_c + (c[k] if k >= 0 else 0.0) for k in cc])
             dcols = list(self._derived_cols.items())
-            cols = np.array([self._ref_col] + [c for c in cc if c >= 0] + [c for _, c in dcols], dtype=np.intp)
-            W = np.ascontiguousarray(self.weights[-1][:, cols])
-            b = self.biases[-1][cols] * self.y_std[cols] + self.y_mean[cols]
-            W = W * self.y_std[cols]
-            pos = np.zeros(len(fidx), dtype=np.intp)   # column of each filter's colour (0 = reference)
-            k = 1
-            for i, c in enumerate(cc):
-                if c >= 0:
-                    pos[i] = k
-                    k += 1
-            derived = {name: (k + j, name in self.mass_scaled_outputs) for j, (name, _) in enumerate(dcols)}
-            cache[key] = (W.astype(np.float32), b.astype(np.float32), pos, cc >= 0, derived)
+            W_last = np.concatenate([-0.4 * mag_A, A[:, [k for _, k in dcols]]], axis=1)
+            b_last = np.concatenate([-0.4 * (mag_c - 23.9), c[[k for _, k in dcols]]])
+            Ws[-1], bs[-1] = W_last, b_last
+            derived = {name: (len(fidx) + j, name in self.mass_scaled_outputs) for j, (name, _) in enumerate(dcols)}
+            act = _gelu_tanh_doubled if halved else self._act
+            cache[key] = ([np.ascontiguousarray(w, dtype=np.float32) for w in Ws],
+                          [b.astype(np.float32) for b in bs], act, derived)
         return cache[key]
 
     def evaluate(self, params, filters=None, *, strict: bool = True) -> tuple[np.ndarray, dict]:
         fidx = self.filter_index(filters)
         theta, valid, single = self._check_params(params, strict)
         n = theta.shape[0]
-        flux = np.full((n, fidx.size), np.nan)
-        result = {k: np.full(n, np.nan) for k in DERIVED_NAMES}
+        all_valid = bool(valid.all())
+        if all_valid:
+            flux, result = None, {}
+        else:
+            flux = np.full((n, fidx.size), np.nan)
+            result = {k: np.full(n, np.nan) for k in DERIVED_NAMES}
         if valid.any():
-            th = theta if valid.all() else theta[valid]
-            W, b, pos, has, dcols = self._sliced(fidx)
-            x = th[:, self._input_idx].astype(np.float32)
-            x -= self.x_mean
-            x *= self._inv_std
-            y = _forward(x, self.weights[:-1] + [W], self.biases[:-1] + [b], self._act, self.chunk_size)
+            th = theta if all_valid else theta[valid]
+            Ws, bs, act, dcols = self._sliced(fidx)
+            y = _forward(th[:, self._input_idx].astype(np.float32), Ws, bs, act, self.chunk_size)
             dm = th[:, self._imass] - self.reference_log_mass
-            mags = y[:, pos]
-            mags[:, ~has] = 0.0
-            mags += y[:, :1]
-            # flux in uJy = 10**(-0.4 (m - 23.9)), with the exact mass scaling
-            lf = (np.float32(-0.4) * (mags - np.float32(23.9))).astype(np.float64)
-            lf += dm[:, None]
-            f = np.power(10.0, lf)
-            if valid.all():
+            # log10 flux (uJy) at the reference mass -> flux, with the exact mass scaling
+            lf = y[:, :fidx.size]
+            lf += dm[:, None].astype(np.float32)
+            lf *= np.float32(np.log(10.0))
+            f = np.exp(lf).astype(np.float64)
+            if all_valid:
                 flux = f
             else:
                 flux[valid] = f
             for name, (c, scaled) in dcols.items():
                 v = y[:, c].astype(np.float64)
                 if scaled:
-                    v = v + dm
-                arr = result.setdefault(name, np.full(n, np.nan))
-                arr[valid] = v
+                    v += dm
+                if all_valid:
+                    result[name] = v
+                else:
+                    result[name][valid] = v
+        for k in DERIVED_NAMES:
+            result.setdefault(k, np.full(n, np.nan))
         if single:
             return flux[0], {k: v[0] for k, v in result.items()}
         return flux, result
