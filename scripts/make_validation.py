@@ -824,17 +824,20 @@ def _mass_profile_table(caption: str, obs, truth, em, net, *, slope: bool) -> "T
         mlc = ml_colour(fit, "F444W", ("F150W", "F444W"))
         true_slope = _true_ml_slope(truth, mlc)
         ratio = mlc.attrs["slope"] / true_slope
-        t.add("M/L(F444W) vs F150W-F444W slope / true slope", "within 20%",
+        t.add(f"M/L(F444W) vs F150W-F444W slope / true slope (default: S/N >= {mlc.attrs['min_snr']:.0f}, "
+              f"{mlc.sizes['pixel']} pixels)", "within 20%",
               f"{mlc.attrs['slope']:.3f} / {true_slope:.3f} = {ratio:.2f}", bool(abs(ratio - 1) < 0.2))
-        for snr in (20.0, 30.0):        # the fitted M/L of S/N 10-30 pixels is compressed towards the prior's
+        for snr in (10.0, 20.0, 30.0):  # the fitted M/L of S/N 10-30 pixels is compressed towards the prior's
+            if snr == mlc.attrs["min_snr"]:
+                continue
             try:
                 m2 = ml_colour(fit, "F444W", ("F150W", "F444W"), min_snr=snr)
             except pegleg.FitError as exc:
                 t.add(f"... with `ml_colour(min_snr={snr:.0f})`", "-", f"n/a ({exc})")
                 continue
             ts2 = _true_ml_slope(truth, m2)
-            t.add(f"... with `ml_colour(min_snr={snr:.0f})` ({m2.sizes['pixel']} pixels, default 10: "
-                  f"{mlc.sizes['pixel']})", "-", f"{m2.attrs['slope']:.3f} / {ts2:.3f} = {m2.attrs['slope'] / ts2:.2f}")
+            t.add(f"... with `ml_colour(min_snr={snr:.0f})` ({m2.sizes['pixel']} pixels)", "-",
+                  f"{m2.attrs['slope']:.3f} / {ts2:.3f} = {m2.attrs['slope'] / ts2:.2f}")
     return t
 
 

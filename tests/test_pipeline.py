@@ -26,7 +26,7 @@ pytest.importorskip("distributed")
 BANDS = ["F115W", "F150W", "F200W", "F277W", "F356W", "F444W"]
 SCALE = 0.03
 MOSAIC = (120, 120)
-CENTRES = [(30, 30), (30, 88), (88, 58)]  # (y, x) of each pasted 33x33 stamp's centre pixel
+CENTRES = [(30, 30), (30, 88), (88, 58)]  # (y, x) of each pasted 49x49 stamp's centre pixel
 DISK_MASS = [9.9, 9.6, 10.2]
 IDS = ["gal-1", "gal-2", "JADES:gal 3"]    # the last one needs sanitising
 DEPTH = 6e-4  # uJy per pixel
@@ -56,6 +56,7 @@ def _make_field(root: Path) -> dict[str, list[float]]:
                 for gid, (cy, cx), m in zip(IDS, CENTRES, DISK_MASS)]
     info = synth.write_field(root, galaxies=galaxies, bands=BANDS, mosaic_shape=MOSAIC, pixel_scale=SCALE,
                              depth=DEPTH, seed=42, extra_rows=[("outside", -400, -400, 2.0)],  # far outside
+                             stamp=49,  # rendered (and tapered to zero) within 22 px of the centre
                              config=None)
     catalog = root / "catalog.csv"
     lines = catalog.read_text().splitlines()
