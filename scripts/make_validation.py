@@ -654,7 +654,7 @@ def part_resolution(args) -> list:
           f"{sb[0]:.1%} / {sb[1]:.1%}")
     t.add(f"S/N 100: flatness of the ratio averaged over the {n} realisations (the recipe's systematic part): matched",
           "< 5%", f"{sys_flat[1]:.1%} (its noise {sys_err[1]:.1%})", bool(sys_flat[1] < 0.05))
-    t.add(f"... separate", "-", f"{sys_flat[0]:.1%} (its noise {sys_err[0]:.1%})")
+    t.add("... separate", "-", f"{sys_flat[0]:.1%} (its noise {sys_err[0]:.1%})")
     t.add(f"S/N 100: single-realisation flatness in 1-pixel annuli (median of {n}), separate / matched", "-",
           f"{mf[0]:.0%} / {mf[1]:.0%}")
     t.add("S/N 100: reduced chi2 of a flat ratio with `profile_ratio_error` (median), separate / matched", "-",
@@ -853,7 +853,7 @@ def part_mass_profile(args) -> list:
         "**Mass profile against the truth: default galaxy** (old bulge + dustier disk, two populations in every "
         "pixel; 49x49 pixels, 8 NIRCam bands, z = 2, peak S/N 150, seed 3; deconvolved, fitted with the bundled "
         "emulator and posterior network (seed 0), `mass_profile(\"F444W\")` against the true mass-density "
-        "profile; `tests/test_sedfit.py::test_mass_profile_acceptance`, a strict xfail while unmet).",
+        "profile; `tests/test_sedfit.py::test_mass_profile_acceptance`).",
         obs, truth, em, net, slope=False)
     log(P, "2/3: single-population colour-gradient galaxy (synth SED gradient), deconvolve, sedfit")
     comp = {"log_mass": 10.5, "n": 1.0, "r_e": 0.12, "sed": _OLD, "sed_outer": _YOUNG, "gradient_radius": 0.25}

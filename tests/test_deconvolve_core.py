@@ -42,7 +42,6 @@ def test_radius_is_exact_for_one_gaussian():
 
 
 def test_fit_recovers_multigauss_truth():
-    rng = np.random.default_rng(1)
     shape = (65, 65)
     psf_s, psf_w = np.array([0.8, 2.0, 5.0]), np.array([0.6, 0.3, 0.1])
     tsig = np.geomspace(0.7, 12, 8)

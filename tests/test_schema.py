@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import xarray as xr
 
 import pegleg
 from pegleg import PSFError, PeglegError, PeglegWarning, SchemaError, schema
