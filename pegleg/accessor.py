@@ -121,6 +121,12 @@ class PeglegAccessor:
 
         return sedfit(self._ds, redshift=redshift, emulator=emulator, **kwargs)
 
+    def photo_z(self, **kwargs) -> xr.Dataset:
+        """Redshift posterior of the integrated photometry (:func:`pegleg.sed.photoz.photo_z_dataset`)."""
+        from .sed.photoz import photo_z_dataset
+
+        return photo_z_dataset(self._ds, **kwargs)
+
     def mass_profile(self, band: str = "F444W", **kwargs) -> xr.Dataset:
         """Continuous stellar-mass profile with M/L extrapolation (:func:`pegleg.mass_profile.mass_profile`)."""
         from .mass_profile import mass_profile

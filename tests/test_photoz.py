@@ -55,3 +55,26 @@ def test_bad_input(emulator):
         photo_z(np.full(19, np.nan), e, JOF_FILTERS, z_grid=[1.0, 2.0], emulator=emulator)
     with pytest.raises(Exception, match="F999W"):
         photo_z(np.ones(2), np.ones(2), ["F444W", "F999W"], emulator=emulator)
+
+
+def test_accessor_on_a_synthetic_galaxy(emulator):
+    """ds.pegleg.photo_z sums the stamp; the physical synthetic galaxy is at z = 2 (measured:
+    peak 2.1, 16-84% 1.89-2.20 with 8 NIRCam bands at peak S/N 150)."""
+    from pegleg import synth
+
+    bands = ["F090W", "F115W", "F150W", "F200W", "F277W", "F356W", "F410M", "F444W"]
+    obs, truth = synth.galaxy(bands, shape=(41, 41), redshift=2.0, physical=True, emulator=emulator, seed=3,
+                              snr_peak=150.0)
+    pz = obs.pegleg.photo_z(z_grid=GRID, n_draws=1024, emulator=emulator)
+    from pegleg.schema import fit_region
+
+    seg, how = fit_region(obs)                       # the source's segment by default
+    assert how == "segment" and list(pz["band"].values) == bands and pz.attrs["n_pixels"] == seg.sum()
+    img = obs["image"].where(seg & ~obs["mask"]).sum(("y", "x")).values
+    np.testing.assert_allclose(pz["flux"].values, img, rtol=1e-12)
+    whole = obs.pegleg.photo_z(region="all", z_grid=GRID[:5], n_draws=64, emulator=emulator)
+    np.testing.assert_allclose(whole["flux"].values, obs["image"].where(~obs["mask"]).sum(("y", "x")).values)
+    assert abs(float(pz["z_peak"][0]) - 2.0) < 0.3
+    assert float(pz["z_p16"][0]) - 0.1 <= 2.0 <= float(pz["z_p84"][0]) + 0.1
+    with pytest.raises(FitError, match="not in the Dataset"):
+        obs.pegleg.photo_z(bands=["F770W"], emulator=emulator)
