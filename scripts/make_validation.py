@@ -922,6 +922,15 @@ def part_emulator(args) -> list:
     for k in ("log_stellar_mass", "log_sfr100"):
         if k in tail:
             t.add(f"{k}: median |delta|", "-", tail[k].split("median |delta|")[1].strip())
+    import re
+
+    speed = [ln for ln in ACCURACY_FILE.read_text().splitlines() if ln.startswith("speed, 19 JOF bands")]
+    m = re.search(r"([\d,]+) SEDs/s; ([\d,]+)x bagpipes", speed[0]) if speed else None
+    if m:
+        rate, ratio = (float(v.replace(",", "")) for v in m.groups())
+        t.add("speed, 19 JOF bands through `evaluate` (one thread)", ">= 300,000 SEDs/s", f"{rate:,.0f} SEDs/s",
+              bool(rate >= 3e5))
+        t.add("... against bagpipes (one process, same run)", ">= 1,000x", f"{ratio:,.0f}x", bool(ratio >= 1000))
     return [t]
 
 

@@ -590,8 +590,8 @@ class MLPEmulator(BaseEmulator):
           layer's weights, so the activation is one pass shorter;
         - the last layer keeps only the reference magnitude, the colours of ``fidx`` and the
           derived outputs, and its de-standardisation, the reference magnitude added to each
-          colour and ``log10 f = -0.4 (m - 23.9)`` are folded in, so it returns log10 of
-          the flux in uJy at the reference mass directly (no post-processing pass).
+          colour and ``ln f = -0.4 ln(10) (m - 23.9)`` are folded in, so it returns the
+          natural log of the flux in uJy at the reference mass directly.
         """
         key = tuple(int(i) for i in fidx)
         cache = self.__dict__.setdefault("_slice_cache", {})
@@ -613,8 +613,10 @@ class MLPEmulator(BaseEmulator):
             mag_A = np.stack([ref_A + (A[:, k] if k >= 0 else 0.0) for k in cc], axis=1)
             mag_c = np.array([ref_c + (c[k] if k >= 0 else 0.0) for k in cc])
             dcols = list(self._derived_cols.items())
-            W_last = np.concatenate([-0.4 * mag_A, A[:, [k for _, k in dcols]]], axis=1)
-            b_last = np.concatenate([-0.4 * (mag_c - 23.9), c[[k for _, k in dcols]]])
+            # ln of the flux in uJy: ln(10) * -0.4 (m - 23.9)
+            k_ln = -0.4 * np.log(10.0)
+            W_last = np.concatenate([k_ln * mag_A, A[:, [k for _, k in dcols]]], axis=1)
+            b_last = np.concatenate([k_ln * (mag_c - 23.9), c[[k for _, k in dcols]]])
             Ws[-1], bs[-1] = W_last, b_last
             derived = {name: (len(fidx) + j, name in self.mass_scaled_outputs) for j, (name, _) in enumerate(dcols)}
             act = _gelu_tanh_doubled if halved else self._act
@@ -637,11 +639,10 @@ class MLPEmulator(BaseEmulator):
             Ws, bs, act, dcols = self._sliced(fidx)
             y = _forward(th[:, self._input_idx].astype(np.float32), Ws, bs, act, self.chunk_size)
             dm = th[:, self._imass] - self.reference_log_mass
-            # log10 flux (uJy) at the reference mass -> flux, with the exact mass scaling
+            # ln flux (uJy) at the reference mass -> flux, with the exact mass scaling
             lf = y[:, :fidx.size]
-            lf += dm[:, None].astype(np.float32)
-            lf *= np.float32(np.log(10.0))
-            f = np.exp(lf).astype(np.float64)
+            lf += (dm * np.log(10.0))[:, None].astype(np.float32)
+            f = np.exp(lf, out=lf).astype(np.float64)
             if all_valid:
                 flux = f
             else:
