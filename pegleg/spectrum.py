@@ -1376,62 +1376,100 @@ def predict(params: Any, wavelength: Any = None, *, quantiles: Sequence[float] =
 PREDICTED_LINES = ("Halpha", "Hbeta", "[OIII]5008", "[OII]3727", "[NII]6585", "Paalpha")
 
 
+#: Variable of :func:`predict_spectrum` holding every posterior draw's spectrum (draw, wavelength);
+#: :func:`compare` measures the model's lines on each draw when it is present.
+FLUX_DRAWS, DRAW = "flux_draws", "draw"
+
+
 def predict_spectrum(ds: xr.Dataset, region: Any = None, *, n_draws: int | None = None, wavelength: Any = None,
                      quantiles: Sequence[float] = (0.16, 0.5, 0.84), progress: bool | None = None,
-                     line_fluxes_of: Sequence[str] | None = PREDICTED_LINES) -> xr.Dataset:
+                     line_fluxes_of: Sequence[str] | None = PREDICTED_LINES, method: str = "pixels",
+                     seed: int = 0) -> xr.Dataset:
     """The spectrum the resolved SED fit predicts for a region, with its uncertainty.
 
-    ``ds`` is a ``sedfit`` result made with ``keep_samples=K`` (variable
-    ``posterior_samples``).  For each posterior draw ``k`` the exact bagpipes spectrum
-    (:func:`pegleg.sed.sps.spectrum`) of every fitted pixel of ``region`` (a boolean
-    (y, x) map; default every fitted pixel) is computed and the pixels are summed; the
-    quantiles over the draws are returned in the format of :func:`predict` (``flux`` in
-    uJy over ``wavelength`` in micron, dims (quantile, wavelength)), ready for
-    :func:`compare`.  Pixel draws are combined independently (draw ``k`` of every
-    pixel), so the spread includes the pixels' independent uncertainties.  Flux is linear
-    in the formed mass, so each model is computed at log M = 10 and scaled.  Cost:
-    pixels x draws bagpipes spectra (~300 per second per core).  With ``line_fluxes_of``
-    (default H-alpha, H-beta, [OIII]5008, [OII]3727, [NII]6585, Pa-alpha, where covered)
-    the model's line fluxes (:func:`line_fluxes` on every draw's noise-free spectrum at
-    R = 1000; close lines are reported as blends) are added as ``line_flux``
-    (quantile, line) in erg/s/cm2.
+    ``method="pixels"`` (default): ``ds`` is a ``sedfit`` result made with
+    ``keep_samples=K`` (variable ``posterior_samples``).  For each posterior draw ``k``
+    the exact bagpipes spectrum (:func:`pegleg.sed.sps.spectrum`) of every fitted pixel
+    of ``region`` (a boolean (y, x) map; default every fitted pixel) is computed and the
+    pixels are summed; the quantiles over the draws are returned in the format of
+    :func:`predict` (``flux`` in uJy over ``wavelength`` in micron, dims (quantile,
+    wavelength)), ready for :func:`compare`.  Pixel draws are combined independently
+    (draw ``k`` of every pixel), so the spread is that of a sum of independent pixel
+    errors: it shrinks as 1/sqrt(pixels).  When the pixels' errors are shared -- every
+    pixel's photometry leaves the same parameters (ionisation, metallicity) to the
+    prior, so every posterior is pulled the same way -- that spread is too small.
+
+    ``method="integrated"``: the region's summed photometry (``image`` and quadrature
+    ``error`` of the fitted bands over the fitted pixels of ``region``) is fitted once,
+    with the settings of the Dataset's last ``sedfit`` (bands, error floor, emulator
+    sigma, mass range, redshift), and ``n_draws`` (default 200) draws of that one
+    posterior give the spectra: the uncertainty of one population seen through the
+    region's photometry.  Needs no ``posterior_samples``.
+
+    Flux is linear in the formed mass, so each model is computed at log M = 10 and
+    scaled.  Cost: pixels x draws (integrated: draws) bagpipes spectra (~300 per second
+    per core).  With ``line_fluxes_of`` (default H-alpha, H-beta, [OIII]5008, [OII]3727,
+    [NII]6585, Pa-alpha, where covered) the model's line fluxes (:func:`line_fluxes` on
+    every draw's noise-free spectrum at R = 1000; close lines are reported as blends)
+    are added as ``line_flux`` (quantile, line) in erg/s/cm2.  Every draw's spectrum is
+    kept as ``flux_draws`` (draw, wavelength): :func:`compare` measures the model's line
+    fluxes and ratios on each draw, so their uncertainties follow the posterior (ratios
+    from the 16th/84th-percentile spectra would move both lines together).
     """
     from . import _parallel
     from .sed import sps
 
-    if schema.POSTERIOR_SAMPLES not in ds:
-        raise SchemaError("predict_spectrum needs 'posterior_samples': run ds.pegleg.sedfit(keep_samples=50) first")
-    smp = ds[schema.POSTERIOR_SAMPLES]
-    names = [str(p) for p in smp[schema.PARAM].values]
-    if names != list(sps.PARAM_NAMES):
-        raise SchemaError(f"posterior_samples has parameters {names}; pegleg.sed.sps needs {list(sps.PARAM_NAMES)}")
-    reg, _ = schema.fit_region(ds, region)
-    vals = smp.transpose(schema.Y, schema.X, schema.SAMPLE, schema.PARAM).values
-    fitted = reg & np.all(np.isfinite(vals), axis=(2, 3))
-    if not fitted.any():
-        raise SchemaError("predict_spectrum: no fitted pixel with posterior samples in the region")
-    k_all = vals.shape[2]
-    n = k_all if n_draws is None else int(n_draws)
-    if not 1 <= n <= k_all:
-        raise SchemaError(f"n_draws must be 1..{k_all} (the stored posterior samples), got {n_draws!r}")
+    if method not in ("pixels", "integrated"):
+        raise SchemaError(f"method must be 'pixels' or 'integrated', got {method!r}")
     wl = (np.exp(np.arange(np.log(0.5), np.log(5.6), 1e-3)) if wavelength is None
           else _check_wavelength(wavelength))
-    pix = vals[fitted][:, :n, :]                             # (npix, n, P)
     im = sps.PARAM_NAMES.index("log_mass_formed")
-    scale = 10.0 ** (pix[..., im] - 10.0)
-    unit = pix.copy()
-    unit[..., im] = 10.0
-    total = np.zeros((n, wl.size))
-    for k in _parallel.progress_iter(range(n), n, progress, "predict_spectrum"):
-        total[k] = scale[:, k] @ sps.spectrum(unit[:, k, :], wl)
+    iz = sps.PARAM_NAMES.index("redshift")
+    if method == "integrated":
+        theta, attrs = _integrated_draws(ds, region, 200 if n_draws is None else int(n_draws), seed)
+        n = theta.shape[0]
+        unit = theta.copy()
+        unit[:, im] = 10.0
+        scale = 10.0 ** (theta[:, im] - 10.0)
+        total = scale[:, None] * sps.spectrum(unit, wl)
+        z = float(np.median(theta[:, iz]))
+        attrs.update(n_draws=n, method="integrated")
+        note = "spectrum of the region's integrated fit"
+    else:
+        if schema.POSTERIOR_SAMPLES not in ds:
+            raise SchemaError("predict_spectrum needs 'posterior_samples': run ds.pegleg.sedfit(keep_samples=50) "
+                              "first (or use method='integrated')")
+        smp = ds[schema.POSTERIOR_SAMPLES]
+        names = [str(p) for p in smp[schema.PARAM].values]
+        if names != list(sps.PARAM_NAMES):
+            raise SchemaError(f"posterior_samples has parameters {names}; pegleg.sed.sps needs {list(sps.PARAM_NAMES)}")
+        reg, _ = schema.fit_region(ds, region)
+        vals = smp.transpose(schema.Y, schema.X, schema.SAMPLE, schema.PARAM).values
+        fitted = reg & np.all(np.isfinite(vals), axis=(2, 3))
+        if not fitted.any():
+            raise SchemaError("predict_spectrum: no fitted pixel with posterior samples in the region")
+        k_all = vals.shape[2]
+        n = k_all if n_draws is None else int(n_draws)
+        if not 1 <= n <= k_all:
+            raise SchemaError(f"n_draws must be 1..{k_all} (the stored posterior samples), got {n_draws!r}")
+        pix = vals[fitted][:, :n, :]                             # (npix, n, P)
+        scale = 10.0 ** (pix[..., im] - 10.0)
+        unit = pix.copy()
+        unit[..., im] = 10.0
+        total = np.zeros((n, wl.size))
+        for k in _parallel.progress_iter(range(n), n, progress, "predict_spectrum"):
+            total[k] = scale[:, k] @ sps.spectrum(unit[:, k, :], wl)
+        z = float(np.median(pix[..., iz]))
+        attrs = {"n_pixels": int(fitted.sum()), "n_draws": n, "method": "pixels"}
+        note = "sum over the region's pixels"
     q = np.asarray(quantiles, float)
     dims, units, long_name = schema.SPECTRUM_VARIABLES[schema.FLUX]
-    iz = sps.PARAM_NAMES.index("redshift")
-    z = float(np.median(pix[..., iz]))
     out = xr.Dataset({schema.FLUX: ((schema.QUANTILE,) + dims, np.quantile(total, q, axis=0),
-                                    {"units": units, "long_name": f"{long_name} (sum over the region's pixels)"})},
+                                    {"units": units, "long_name": f"{long_name} ({note})"}),
+                      FLUX_DRAWS: ((DRAW,) + dims, total,
+                                   {"units": units, "long_name": f"{long_name}, one posterior draw each ({note})"})},
                      coords={schema.WAVELENGTH: _wave_coord(wl), schema.QUANTILE: q},
-                     attrs={schema.REDSHIFT: z, "resolution": 1000.0, "n_pixels": int(fitted.sum()), "n_draws": n})
+                     attrs={schema.REDSHIFT: z, "resolution": 1000.0, **attrs})
     if line_fluxes_of is not None:
         # the model's emission-line fluxes, per draw (noise-free spectra at bagpipes' R = 1000)
         names = [nm for nm in line_fluxes_of if nm in LINES]
@@ -1455,6 +1493,78 @@ def predict_spectrum(ds: xr.Dataset, region: Any = None, *, n_draws: int | None 
             out["line_flux"] = ((schema.QUANTILE, "line"), np.quantile(np.array(per), q, axis=0),
                                 {"units": "erg/s/cm2", "long_name": "model emission-line flux (posterior quantiles)"})
     return out
+
+
+def _integrated_draws(ds: xr.Dataset, region: Any, n_draws: int, seed) -> tuple[np.ndarray, dict]:
+    """(n_draws, P) posterior draws of the fit of ``region``'s summed photometry, and attributes."""
+    from .sed.fit import fit_photometry
+    from .sed.step import _to_ujy
+
+    if n_draws < 1:
+        raise SchemaError(f"n_draws must be >= 1, got {n_draws}")
+    last = None
+    for step in reversed(schema.read_history(ds)):
+        if step.get("step") == "sedfit":
+            last = step.get("parameters", {})
+            break
+    if last is None:
+        raise SchemaError("predict_spectrum(method='integrated') needs a sedfit result (its settings and fitted "
+                          "pixels): run ds.pegleg.sedfit() first")
+    bands = [str(b) for b in last.get("bands", ds[schema.BAND].values)]
+    reg, _ = schema.fit_region(ds, region)
+    fitted = reg.copy()
+    if schema.SEDFIT_FLAG in ds:
+        fitted &= (ds[schema.SEDFIT_FLAG].values & 5) == 0
+    if not fitted.any():
+        raise SchemaError("predict_spectrum: no fitted pixel in the region")
+    sub = ds.sel({schema.BAND: bands})
+    k = _to_ujy(schema.image_units(ds))
+    img = np.asarray(sub[schema.IMAGE].values, float) * k
+    err = np.asarray(sub[schema.ERROR].values, float) * k
+    ok = fitted[None] & ~np.asarray(sub[schema.MASK].values).astype(bool) & np.isfinite(img) & np.isfinite(err)
+    flux = np.where(ok, img, 0.0).sum(axis=(1, 2))
+    error = np.sqrt((np.where(ok, err, 0.0) ** 2).sum(axis=(1, 2)))
+    valid = ok.any(axis=(1, 2)) & (error > 0)
+    z = float(last.get("redshift", ds.attrs.get(schema.REDSHIFT, np.nan)))
+    lo, hi = last.get("mass_range", [0.0, 13.0])
+    res = fit_photometry(flux[None], error[None], bands, z, valid=valid[None],
+                         redshift_sigma=last.get("redshift_sigma"), error_floor=float(last.get("error_floor", 0.05)),
+                         emulator_sigma=bool(last.get("emulator_sigma", True)), mass_range=(lo, hi + 3),
+                         n_draws=1024, max_rounds=12, n_samples=n_draws, seed=seed, n_workers=1, progress=False)
+    theta = np.asarray(res["samples"][0], float)
+    return theta, {"n_pixels": int(fitted.sum()), "integrated_ess": float(res["ess"][0]),
+                   "integrated_chi2": float(res["chi2"][0]), "integrated_n_bands": int(valid.sum())}
+
+
+def _draw_line_fluxes(predicted, pw, rfun, wl, valid, P, obs_ds, z, res_kw, common, max_draws: int = 100):
+    """(draws, lines) model line fluxes of ``common`` measured on each of ``predicted``'s
+    ``flux_draws`` (convolved to ``rfun``, interpolated onto ``wl``, times calibration
+    ``P``); None without draws or when a draw's lines cannot be measured."""
+    if FLUX_DRAWS not in predicted or max_draws < 2:
+        return None
+    import astropy.units as u
+
+    da = predicted[FLUX_DRAWS]
+    scale = float(_parse_unit(da.attrs.get("units", "uJy"), "predicted: flux_draws units").to(u.uJy))
+    draws = np.asarray(da.transpose(DRAW, schema.WAVELENGTH).values, float) * scale
+    if draws.shape[0] < 2:
+        return None
+    take = np.unique(np.linspace(0, draws.shape[0] - 1, min(int(max_draws), draws.shape[0])).astype(int))
+    draws = draws[take]
+    if rfun is not None:
+        draws = convolve_to_resolution(pw, draws, rfun)
+    out = []
+    for d in draws:
+        m = np.interp(wl, pw, d, left=np.nan, right=np.nan)
+        one = obs_ds.assign({schema.FLUX: ((schema.WAVELENGTH,), np.where(valid & np.isfinite(m), P * m, 0.0))})
+        try:
+            lf = line_fluxes(one, z, **res_kw)
+        except FitError:
+            return None
+        if not set(common) <= set(lf[schema.LINE].values):
+            return None
+        out.append(lf[schema.LINE_FLUX].sel({schema.LINE: common}).values)
+    return np.array(out)
 
 
 def _predicted_arrays(predicted: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
@@ -1494,7 +1604,8 @@ def _line_pixels(wl: np.ndarray, z: float, rfun, table: dict[str, float], n_fwhm
 
 
 def compare(predicted: xr.Dataset, observed: xr.Dataset, *, resolution: Any = "prism", poly_order: int = 2,
-            z: float | None = None, lines: Any = None, n_windows: int = 5, mask_lines: bool = True) -> xr.Dataset:
+            z: float | None = None, lines: Any = None, n_windows: int = 5, mask_lines: bool = True,
+            line_draws: int = 100) -> xr.Dataset:
     """Compare a predicted spectrum with an observed one.
 
     1. The prediction (its median and, with a ``quantile`` dim, its 16th and 84th
@@ -1511,7 +1622,12 @@ def compare(predicted: xr.Dataset, observed: xr.Dataset, *, resolution: Any = "p
        fractional continuum residual in ``n_windows`` log-spaced windows (lines
        excluded); D4000 (narrow) of the observed and the calibrated model spectrum; and
        :func:`line_fluxes` of both (same method, same errors, free centre and width),
-       with ratios to the line of highest observed S/N.
+       with ratios to the line of highest observed S/N.  When ``predicted`` holds
+       ``flux_draws`` (:func:`predict_spectrum`), the model's line fluxes and ratios are
+       measured on up to ``line_draws`` draws (each convolved and calibrated the same
+       way) and reported as their median and half the 16-84 percentile range, so a
+       ratio's uncertainty is that of the ratio; otherwise from the median spectrum with
+       errors from the 16th/84th-percentile spectra (attribute ``model_line_errors``).
 
     Parameters
     ----------
@@ -1668,7 +1784,13 @@ def compare(predicted: xr.Dataset, observed: xr.Dataset, *, resolution: Any = "p
             lo_, lm = lo_.sel({S.LINE: common}), lm.sel({S.LINE: common})
             fo, fe = lo_[S.LINE_FLUX].values, lo_[S.LINE_FLUX_ERROR].values
             fm = lm[S.LINE_FLUX].values
-            if lq and all(set(common) <= set(q[S.LINE].values) for q in lq):
+            per_draw = _draw_line_fluxes(predicted, pw, rfun, wl, valid, P, obs_ds, z, res_kw, common,
+                                         max_draws=line_draws) if common else None
+            if per_draw is not None:
+                fm = np.median(per_draw, axis=0)
+                fme = 0.5 * np.abs(np.percentile(per_draw, 84, axis=0) - np.percentile(per_draw, 16, axis=0))
+                rq = None
+            elif lq and all(set(common) <= set(q[S.LINE].values) for q in lq):
                 fme = 0.5 * np.abs(lq[1][S.LINE_FLUX].sel({S.LINE: common}).values
                                    - lq[0][S.LINE_FLUX].sel({S.LINE: common}).values)
                 rq = [q[S.LINE_FLUX].sel({S.LINE: common}).values for q in lq]
@@ -1680,10 +1802,17 @@ def compare(predicted: xr.Dataset, observed: xr.Dataset, *, resolution: Any = "p
                     ro = fo / fo[iref]
                     roe = np.abs(ro) * np.sqrt((fe / fo) ** 2 + (fe[iref] / fo[iref]) ** 2)
                     roe[iref] = 0.0
-                    rm = fm / fm[iref]
-                    rme = (0.5 * np.abs(rq[1] / rq[1][iref] - rq[0] / rq[0][iref]) if rq is not None
-                           else np.zeros(len(common)))
+                    if per_draw is not None:            # the ratio's own posterior, draw by draw
+                        rd = per_draw / per_draw[:, [iref]]
+                        rm = np.median(rd, axis=0)
+                        rme = 0.5 * np.abs(np.percentile(rd, 84, axis=0) - np.percentile(rd, 16, axis=0))
+                    else:
+                        rm = fm / fm[iref]
+                        rme = (0.5 * np.abs(rq[1] / rq[1][iref] - rq[0] / rq[0][iref]) if rq is not None
+                               else np.zeros(len(common)))
                 attrs_extra["reference_line"] = str(common[iref])
+                attrs_extra["model_line_errors"] = ("posterior draws" if per_draw is not None else
+                                                    "16th/84th-percentile spectra")
             else:
                 ro = roe = rm = rme = np.zeros(0)
             attrs_extra["line_width_scale"] = float(lo_.attrs["width_scale"])

@@ -369,6 +369,61 @@ def test_compare_toy_model_quantiles_and_figure(tmp_path):
         spectrum_comparison(obs)
 
 
+def _toy_draws(z, scale_oiii, scale_rest):
+    """Draws of the toy model whose [OIII] lines and other lines are scaled per draw."""
+    fine = np.exp(np.arange(np.log(0.5), np.log(5.6), 1e-3))
+    cont = 0.2 * (fine / 2) ** -0.5 * np.where(fine * 1e4 / (1 + z) > 4000, 1.3, 1.0)
+    dl = np.diff(sp._edges(fine))
+    out = []
+    for so, sr in zip(scale_oiii, scale_rest):
+        f = cont.copy()
+        for name, a in LINE_FLUX.items():
+            lam = sp.LINES[name] * (1 + z) / 1e4
+            i = np.argmin(np.abs(fine - lam))
+            if fine[0] < lam < fine[-1]:
+                f[i] += 3 * a * (so if "OIII" in name else sr) / dl[i]
+        out.append(f)
+    d = np.array(out)
+    q = np.quantile(d, [0.16, 0.5, 0.84], axis=0)
+    return xr.Dataset({"flux": (("quantile", "wavelength"), q, {"units": "uJy"}),
+                       "flux_draws": (("draw", "wavelength"), d, {"units": "uJy"})},
+                      coords={"wavelength": fine, "quantile": [0.16, 0.5, 0.84]}, attrs={"redshift": z})
+
+
+def test_compare_line_ratio_errors_from_draws():
+    """Model line ratios and their errors come from the posterior draws: lines that scale
+    together have a ratio error ~0 whatever their flux errors; lines that scale apart have
+    the spread of the ratio.  (From the 16th/84th-percentile spectra both lines move up
+    together and the ratio error is ~0 in both cases.)"""
+    z = 2.5
+    s = np.exp(np.random.default_rng(0).normal(0, 0.3, 60))          # 30% lognormal scatter
+    together = _toy_draws(z, s, s)
+    apart = _toy_draws(z, s, 1 / s)
+    obs_pred = toy_prediction(z)
+    conv = sp.convolve_to_resolution(obs_pred.wavelength.values, obs_pred.flux.values, "prism")
+    truth = np.interp(LOG_GRID, obs_pred.wavelength.values, conv)
+    err = 0.01 * truth.max() * np.ones(LOG_GRID.size)
+    obs = sp._spectrum_dataset(LOG_GRID, truth + np.random.default_rng(1).normal(size=LOG_GRID.size) * err, err,
+                               np.zeros(LOG_GRID.size, bool), {"kind": "1d", "source": "toy"})
+    r1 = sp.compare(together, obs, poly_order=0)
+    r2 = sp.compare(apart, obs, poly_order=0)
+    assert r1.attrs["model_line_errors"] == "posterior draws"
+    ref = r1.attrs["reference_line"]
+    assert "OIII" in ref and r2.attrs["reference_line"] == ref
+    other = [str(n) for n in r1.line.values if "Halpha" in str(n)][0]
+    # fluxes: ~30% errors in both cases; the ratio Halpha/[OIII]: ~0 together, ~2 x 30% apart
+    for r in (r1, r2):
+        rel = float(r.line_flux_model_error.sel(line=other) / r.line_flux_model.sel(line=other))
+        assert 0.15 < rel < 0.5, rel
+    rel1 = float(r1.line_ratio_model_error.sel(line=other) / r1.line_ratio_model.sel(line=other))
+    rel2 = float(r2.line_ratio_model_error.sel(line=other) / r2.line_ratio_model.sel(line=other))
+    assert rel1 < 0.03 and 0.4 < rel2 < 0.9, (rel1, rel2)
+    # without draws: the old estimate, from the percentile spectra
+    r3 = sp.compare(apart.drop_vars("flux_draws"), obs, poly_order=0)
+    assert r3.attrs["model_line_errors"] == "16th/84th-percentile spectra"
+    assert float(r3.line_ratio_model_error.sel(line=other) / r3.line_ratio_model.sel(line=other)) < 0.2
+
+
 # --------------------------------------------------------------------------- bagpipes model and real data
 def bagpipes_params(**kw):
     from pegleg.sed import sps
