@@ -117,7 +117,8 @@ def main() -> int:
         try:
             mlc = fit.pegleg.ml_colour("F444W", ("F150W", "F444W"))
             mlc.pegleg.plot.ml_colour().savefig(OUT / f"{name}_ml_colour.png", dpi=70)
-            slope = f"{mlc.attrs['slope']:.3f} +- {mlc.attrs['slope_error']:.3f}"
+            slope = (f"{mlc.attrs['slope']:.3f} +- {mlc.attrs['slope_error']:.3f} ({mlc.sizes['pixel']} pixels at "
+                     f"S/N >= {mlc.attrs['min_snr']:.0f})")
         except Exception as exc:  # too few pixels with S/N >= 10 in all three bands
             slope = f"n/a ({exc})"
         a = fit.attrs
@@ -126,7 +127,9 @@ def main() -> int:
                      f"log M* pixel sum {a['sedfit_log_mass_pixel_sum'][1]:.2f} vs integrated "
                      f"{a['sedfit_log_mass_integrated'][1]:.2f}; mass profile total "
                      f"{mp.attrs['log_mass_total'][1]:.2f}, r50 mass {mp.attrs['r50_mass'][1]:.3f}\" vs light "
-                     f"{mp.attrs['r50_light'][1]:.3f}\"; M/L(F444W)-colour slope {slope}")
+                     f"{mp.attrs['r50_light'][1]:.3f}\" (light tail: {mp.attrs['light_tail']}"
+                     + (f" beyond {mp.attrs['r_tail']:.2f}\"" if mp.attrs['light_tail'] != "model" else "")
+                     + f"); M/L(F444W)-colour slope {slope}")
         print(lines[-1], flush=True)
     if "ngdeep" in args.galaxies.split(","):
         import matplotlib.pyplot as plt
