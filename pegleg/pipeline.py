@@ -147,7 +147,8 @@ SUMMARY_COLUMNS = (
     + [f"log_sfr100_integrated_{q}" for q in _Q] + [f"log_sfr100_pixel_sum_{q}" for q in _Q]
     + ["mass_difference_dex", "sfr_difference_dex", "r50_arcsec", "half_mass_radius_arcsec", "half_mass_method",
        "deconvolve_ok_all", "n_bands_deconvolve_ok", "sky_ok_fraction", "qa_ok_fraction",
-       "median_reduced_chi2", "n_fitted_pixels", "warnings", "config_digest"]
+       "median_reduced_chi2", "n_fitted_pixels", "warnings", "config_digest",
+       "redshift_source", "photo_z_p16", "photo_z_p84"]
 )
 
 
@@ -234,6 +235,7 @@ def _step_functions() -> dict[str, tuple[Any, tuple[str, ...]]]:
     from .deconvolve.step import deconvolve
     from .io.fits import open_stamps
     from .match import psf_match
+    from .sed.photoz import photo_z_dataset
     from .sed.step import sedfit
 
     return {
@@ -241,6 +243,7 @@ def _step_functions() -> dict[str, tuple[Any, tuple[str, ...]]]:
         "psf_match": (psf_match, ("ds", "target")),
         "deconvolve": (deconvolve, ("ds", "bands")),
         "sedfit": (sedfit, ("ds", "redshift")),
+        "photo_z": (photo_z_dataset, ("ds",)),
     }
 
 
@@ -295,13 +298,15 @@ def _check_options(table: str, options: Any, data_dir: Path) -> dict[str, Any]:
             raise SchemaError(f"{what}: unknown option; {table} accepts {allowed}")
         if (table, key) not in _MULTI_TYPED:
             _check_value_type(value, known[key], what)
-        if table == "sedfit" and key in ("network", "emulator"):
+        if table in ("sedfit", "photo_z") and key in ("network", "emulator"):
             value = _model_file(value, data_dir, what)
         elif isinstance(value, (dict, Mapping)) or (table == "deconvolve" and key == "psf" and not isinstance(value, str)):
             raise SchemaError(f"{what}: expected a plain value, got {type(value).__name__}")
-        elif table == "sedfit" and key == "region" and not isinstance(value, str):
+        elif table in ("sedfit", "photo_z") and key == "region" and not isinstance(value, str):
             raise SchemaError(f"{what}: expected 'segment' or 'all' (maps cannot be given in a configuration)")
         out[key] = tuple(value) if isinstance(value, list) and key in ("mass_range",) else value
+    if table == "photo_z" and ("z_grid" in out or "z_prior" in out):
+        raise SchemaError(f"{table}: z_grid and z_prior are not configurable here (default grid, flat prior)")
     return out
 
 
@@ -321,6 +326,7 @@ _TOP_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "psf_match": ((Mapping,), "a table"),
     "deconvolve": ((Mapping,), "a table"),
     "sedfit": ((Mapping,), "a table"),
+    "photo_z": ((Mapping,), "a table"),
 }
 
 
@@ -349,8 +355,13 @@ class Config:
         deconvolution then uses that band's PSF: match-then-deconvolve).  None (TOML:
         ``false`` or ``"none"``) deconvolves every band with its own PSF.  Skipped when
         the stamps are already matched (``open_stamps.matched_to``).
-    open_stamps, psf_match, deconvolve, sedfit : dict
+    open_stamps, psf_match, deconvolve, sedfit, photo_z : dict
         Extra keyword arguments of these steps (checked against their signatures).
+        ``photo_z`` (:func:`pegleg.sed.photoz.photo_z_dataset`) runs only for catalogue
+        rows with an empty redshift: their stamp's integrated photometry (after
+        deconvolving and calibrating the errors) gives the redshift posterior, and the
+        pixels are fitted at its peak (summary columns ``redshift_source`` = "photo-z",
+        ``photo_z_p16``, ``photo_z_p84``).
         Inside a task ``n_workers=1`` and ``progress=False`` unless given.
         ``sedfit.network``/``sedfit.emulator``: see "Path safety" in the module docstring.
     calibrate_errors : bool
@@ -391,6 +402,7 @@ class Config:
     calibrate_errors: bool = True
     register: bool = False
     sedfit: dict[str, Any] = dataclasses.field(default_factory=dict)
+    photo_z: dict[str, Any] = dataclasses.field(default_factory=dict)
     bands: list[str] | None = None
     data_dir: Any = "."
     output_dir: Any = "pegleg_run"
@@ -403,7 +415,7 @@ class Config:
             value = getattr(self, name)
             if value is None and name in ("mosaics", "stamps", "psf", "bands", "match_to"):
                 continue
-            if name in ("open_stamps", "psf_match", "deconvolve", "sedfit") and value is None:
+            if name in ("open_stamps", "psf_match", "deconvolve", "sedfit", "photo_z") and value is None:
                 setattr(self, name, {})
                 continue
             bad_bool = isinstance(value, bool) and bool not in types
@@ -453,7 +465,7 @@ class Config:
             known = self.bands if self.bands is not None else (list(self.mosaics) if self.mosaics else None)
             if known is not None and self.match_to.upper() not in {b.upper() for b in known}:
                 raise SchemaError(f"config key 'match_to': band {self.match_to!r} is not among the bands {known}")
-        for table in ("open_stamps", "psf_match", "deconvolve", "sedfit"):
+        for table in ("open_stamps", "psf_match", "deconvolve", "sedfit", "photo_z"):
             setattr(self, table, _check_options(table, getattr(self, table), self.data_dir))
 
     def _input_file(self, value: Any, what: str) -> Path:
@@ -645,8 +657,10 @@ def read_catalog(path: Any):
         vals = []
         for i, v in enumerate(df[cols[c]]):
             text = v.strip() if isinstance(v, str) else v
-            if c == "size" and (text == "" or text is None or (isinstance(text, float) and math.isnan(text))):
-                vals.append(np.nan)
+            if c in ("size", "redshift") and (text == "" or text is None or
+                                              (isinstance(text, str) and text.lower() in ("nan", "none", "null")) or
+                                              (isinstance(text, float) and math.isnan(text))):
+                vals.append(np.nan)        # size: from the config; redshift: photometric (photo_z)
                 continue
             try:
                 x = float(text)
@@ -802,6 +816,10 @@ def summarize(ds, *, skipped: bool = False, file: str | None = None) -> dict[str
                config_digest=str(par.get("config_digest", "")))
     ref = par.get("reference_band") or ("F444W" if "F444W" in bands else bands[-1])
     row["reference_band"] = ref
+    row["redshift_source"] = str(par.get("redshift_source", "catalogue"))
+    pzq = ds.attrs.get("photo_z_quantiles")
+    if pzq is not None and np.size(pzq) == 3:
+        row["photo_z_p16"], row["photo_z_p84"] = float(np.ravel(pzq)[0]), float(np.ravel(pzq)[2])
     for name, key in (("log_mass_integrated", "sedfit_log_mass_integrated"),
                       ("log_mass_pixel_sum", "sedfit_log_mass_pixel_sum"),
                       ("log_sfr100_integrated", "sedfit_log_sfr100_integrated"),
@@ -848,6 +866,7 @@ def _error_row(row: Mapping, config: Config | None, exc: BaseException | str, se
                file="", ra=_num(row.get("ra")), dec=_num(row.get("dec")), redshift=_num(row.get("redshift")),
                stamp_size=_stamp_size(row, config) if config is not None else float("nan"), n_bands=0,
                reference_band="", half_mass_method="", warnings="", config_digest=config.digest() if config is not None else "",
+               redshift_source="",
                deconvolve_ok_all=False, n_bands_deconvolve_ok=0, n_fitted_pixels=0)
     return out
 
@@ -878,7 +897,8 @@ def _open(row: Mapping, config: Config, size: int):
 
     gid = str(row["id"])
     kw = dict(config.open_stamps)
-    kw.update(bands=config.bands, psf=config.psf, redshift=float(row["redshift"]), source_id=gid)
+    z = float(row["redshift"])
+    kw.update(bands=config.bands, psf=config.psf, redshift=z if math.isfinite(z) else None, source_id=gid)
     if config.mosaics is not None:
         centre = SkyCoord(float(row["ra"]) * u.deg, float(row["dec"]) * u.deg, frame="icrs")
         return open_stamps(config.mosaics, center=centre, size=size, **kw)
@@ -902,7 +922,13 @@ def _chain(row: Mapping, config: Config) -> tuple[Any, str, int]:
     ds = ds.pegleg.deconvolve(**{"n_workers": 1, "progress": False, **config.deconvolve})
     if config.calibrate_errors:
         ds = ds.pegleg.calibrate_errors()
-    ds = ds.pegleg.sedfit(redshift=float(row["redshift"]), **{"n_workers": 1, "progress": False, **config.sedfit})
+    z = float(row["redshift"])
+    if not math.isfinite(z):          # no catalogue redshift: the peak of the photo-z posterior
+        pz = ds.pegleg.photo_z(**config.photo_z)
+        z = float(pz["z_peak"][0])
+        ds = ds.assign_attrs(redshift=z, redshift_source="photo-z", photo_z_peak=z,
+                             photo_z_quantiles=np.array([float(pz[k][0]) for k in ("z_p16", "z_median", "z_p84")]))
+    ds = ds.pegleg.sedfit(redshift=z, **{"n_workers": 1, "progress": False, **config.sedfit})
     return ds, ref, size
 
 
@@ -970,7 +996,9 @@ def process_galaxy(row: Mapping, config: Any, *, resume: bool = False) -> dict[s
                     msgs.append(text)
             seconds = time.perf_counter() - t0
             ds = S.append_history(ds, _PIPELINE_STEP, {
-                "id": gid, "ra": float(row["ra"]), "dec": float(row["dec"]), "redshift": float(row["redshift"]),
+                "id": gid, "ra": float(row["ra"]), "dec": float(row["dec"]),
+                "redshift": float(ds.attrs.get("redshift", row["redshift"])),
+                "redshift_source": str(ds.attrs.get("redshift_source", "catalogue")),
                 "stamp_size": int(size), "reference_band": ref, "seconds": round(seconds, 3),
                 "warnings": "; ".join(msgs)[:2000], "half_mass_radius_arcsec": r50_mass,
                 "half_mass_method": r50_method, "config_digest": config.digest(),
@@ -999,7 +1027,7 @@ def _with_pending(results: list[dict | None], rows: list[dict]) -> list[dict]:
             res = {c: float("nan") for c in SUMMARY_COLUMNS}
             res.update(id=str(row["id"]), status="pending", error="not finished", skipped=False, file="",
                        ra=row["ra"], dec=row["dec"], redshift=row["redshift"], reference_band="",
-                       half_mass_method="", warnings="", config_digest="")
+                       half_mass_method="", warnings="", config_digest="", redshift_source="")
         out.append(res)
     return out
 

@@ -288,6 +288,38 @@ def test_stamp_folders_in_process(field, tmp_path):
     assert abs(res2["log_mass_integrated_p50"] - res["log_mass_integrated_p50"]) < 0.05
 
 
+def test_photometric_redshift_when_the_catalogue_has_none(field, tmp_path):
+    """A row with no redshift: the stamp's integrated photometry gives a photo-z (measured:
+    peak 2.15 for the z = 2 synthetic galaxy, 16-84% 1.56-2.33; integrated log M* 10.23 vs
+    10.19 true), and the pixels are fitted there."""
+    from pegleg import synth
+    from pegleg.pipeline import process_galaxy
+
+    data = tmp_path / "data"
+    folder = data / "stamps" / "gal_9"
+    folder.mkdir(parents=True)
+    shutil.copytree(field["root"] / "data" / "psf", data / "psf")
+    obs, truth = synth.galaxy(BANDS, shape=(41, 41), physical=True, redshift=2.0, seed=9, depth=DEPTH)
+    _write_stamps(folder, obs)
+    text = _stamps_toml(field["network"]) + '\n[photo_z]\nn_draws = 512\n'
+    config = Config.from_toml(_write(tmp_path, text))
+    assert config.photo_z == {"n_draws": 512}
+    (tmp_path / "out").mkdir()
+    res = process_galaxy({"id": "gal 9", "ra": 0.0, "dec": 0.0, "redshift": float("nan")}, config)
+    assert res["status"] == "ok", res["error"]
+    assert res["redshift_source"] == "photo-z"
+    assert abs(res["redshift"] - 2.0) < 0.3 and res["photo_z_p16"] <= res["redshift"] <= res["photo_z_p84"]
+    assert abs(res["log_mass_integrated_p50"] - float(truth.attrs["log_stellar_mass_total"])) < 0.3
+    ds = pegleg.open_dataset(tmp_path / "out" / "gal_9.nc")
+    assert ds.attrs["redshift"] == res["redshift"] and ds.pegleg.history[-2]["parameters"]["redshift"] == res["redshift"]
+    # a catalogue redshift is used as it is
+    res2 = process_galaxy({"id": "gal 9", "ra": 0.0, "dec": 0.0, "redshift": 2.0}, config, resume=False)
+    assert res2["redshift_source"] == "catalogue" and res2["redshift"] == 2.0 and np.isnan(res2["photo_z_p16"])
+    for bad, match in (("z_grid = [1.0, 2.0]", "not configurable"), ("n_walkers = 3", "unknown option")):
+        with pytest.raises(SchemaError, match=match):
+            Config.from_toml(_write(tmp_path, _stamps_toml(field["network"]) + f"\n[photo_z]\n{bad}\n"))
+
+
 # ---------------------------------------------------------------------------
 # faults: a worker killed mid-task, unreadable input, a failing write, an interrupted run
 # ---------------------------------------------------------------------------
@@ -595,7 +627,10 @@ def test_read_catalog(tmp_path):
     p.write_text("id,ra,dec,redshift\n1,150.1,abc,1.0\n")
     with pytest.raises(SchemaError, match=r"column 'dec', row 1 \(id '1'\): 'abc'"):
         read_catalog(p)
-    p.write_text("id,ra,dec,redshift\n1,150.1,2.2,\n")
+    # an empty redshift means "unknown": the pipeline finds a photometric one
+    p.write_text("id,ra,dec,redshift\n1,150.1,2.2,\n2,150.1,2.2,NaN\n")
+    assert read_catalog(p)["redshift"].isna().all()
+    p.write_text("id,ra,dec,redshift\n1,150.1,2.2,z?\n")
     with pytest.raises(SchemaError, match="redshift"):
         read_catalog(p)
     p.write_text("name,ra,dec,redshift\n1,150.1,2.2,1\n")

@@ -132,7 +132,9 @@ def photo_z(flux, error, filters: Sequence[str], *, z_grid=None, z_prior=None, e
     return out
 
 
-def photo_z_dataset(ds: xr.Dataset, *, region=None, bands=None, **kwargs) -> xr.Dataset:
+def photo_z_dataset(ds: xr.Dataset, *, region=None, bands=None, z_grid=None, z_prior=None, emulator=None,
+                    network=None, n_draws: int = 2048, error_floor: float = 0.05, emulator_sigma: bool = True,
+                    mass_range=(0.0, 13.0), seed=0) -> xr.Dataset:
     """:func:`photo_z` of a stamp's integrated photometry (``ds.pegleg.photo_z``).
 
     The flux of every band is the sum of ``image`` over ``region`` (default: the source's
@@ -141,16 +143,17 @@ def photo_z_dataset(ds: xr.Dataset, *, region=None, bands=None, **kwargs) -> xr.
     (a band with none left is dropped).  After PSF matching neighbouring pixels are
     correlated, so this error is a lower limit: the likelihood's ``error_floor`` (5% by
     default) usually dominates for bright galaxies.  ``bands``: the bands to use (default
-    every band the emulator knows).  Other keywords go to :func:`photo_z`.  Returns the
-    Dataset of :func:`photo_z` with one object.
+    every band the emulator knows).  The other keywords are those of :func:`photo_z`.
+    Returns the Dataset of :func:`photo_z` with one object.
     """
     from .. import schema as S
     from .emulator import load_emulator
     from .step import _to_ujy
 
-    emu = kwargs.get("emulator")
-    emu = load_emulator("default") if emu is None else (load_emulator(emu) if isinstance(emu, str) else emu)
-    kwargs["emulator"] = emu
+    emu = load_emulator("default") if emulator is None else (
+        load_emulator(emulator) if isinstance(emulator, str) else emulator)
+    kwargs = dict(z_grid=z_grid, z_prior=z_prior, emulator=emu, network=network, n_draws=n_draws,
+                  error_floor=error_floor, emulator_sigma=emulator_sigma, mass_range=mass_range, seed=seed)
     all_bands = [str(b) for b in ds[S.BAND].values]
     if bands is None:
         bands = []
