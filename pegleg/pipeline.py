@@ -5,7 +5,8 @@ galaxy out of per-band mosaics (or reads its own stamp folder), runs the recomme
 chain
 
     ``open_stamps`` -> [``register(apply=True)``] -> ``psf_match(match_to)`` -> ``deconvolve``
-    -> ``calibrate_errors`` -> ``sedfit(redshift=<catalogue>)``
+    -> ``calibrate_errors`` -> [``photo_z`` when the catalogue gives no redshift]
+    -> ``sedfit(redshift=<catalogue or photo-z peak>)``
 
 and writes ``<output_dir>/<id>.nc`` (atomically) plus a one-row-per-galaxy
 ``summary.csv`` (and ``summary.parquet`` when pyarrow is installed).  The command line
@@ -81,6 +82,9 @@ Configuration (TOML, ``version = 1``)
         [sedfit]                   # keyword arguments of ds.pegleg.sedfit (not redshift)
         method = "importance"
         n_draws = 128
+
+        [photo_z]                  # ds.pegleg.photo_z, for catalogue rows with no redshift
+        n_draws = 2048
 
     Tables ``open_stamps`` and ``psf_match`` pass further keyword arguments to those
     functions (e.g. ``open_stamps.units = "MJy/sr"``).
