@@ -78,3 +78,21 @@ def test_accessor_on_a_synthetic_galaxy(emulator):
     assert float(pz["z_p16"][0]) - 0.1 <= 2.0 <= float(pz["z_p84"][0]) + 0.1
     with pytest.raises(FitError, match="not in the Dataset"):
         obs.pegleg.photo_z(bands=["F770W"], emulator=emulator)
+
+
+def test_object_no_model_describes_gives_nan(emulator, monkeypatch):
+    """Every draw invalid at every redshift (here: the emulator returns NaN fluxes): NaN
+    posterior summaries for that object, no error and no warning; the other object is fine."""
+    s = simulate_photometry(emulator, JOF_FILTERS, 2, redshift=2.0, snr=(20.0, 20.0), seed=1)
+    real = emulator.evaluate
+
+    def broken(theta, filters=None, strict=True):
+        f, d = real(theta, filters, strict=strict)
+        f = f.copy()
+        f[: f.shape[0] // 2] = np.nan          # the first object's draws come first
+        return f, d
+
+    monkeypatch.setattr(emulator, "evaluate", broken)
+    r = photo_z(s["flux"], s["error"], JOF_FILTERS, z_grid=GRID[:6], n_draws=64, emulator=emulator)
+    assert np.isnan(r["z_peak"][0]) and np.isnan(r["z_median"][0]) and np.isnan(r["pdf"][0]).all()
+    assert np.isfinite(r["z_peak"][1]) and np.isfinite(r["z_median"][1])

@@ -21,7 +21,8 @@ Returned: an ``xarray.Dataset`` over ``(object, redshift)`` with ``log_evidence`
 ``log_evidence_error`` (from the importance weights' effective sample size), ``pdf``
 (per unit redshift, normalised on the grid), ``chi2_min`` (best chi2 among the draws)
 and ``ess``; per object ``z_peak`` (grid maximum of the pdf), ``z_median``, ``z_p16``,
-``z_p84`` and ``z_mean``.
+``z_p84`` and ``z_mean`` (NaN for an object no model draw at any redshift can
+describe, e.g. fluxes the emulator cannot produce).
 """
 
 from __future__ import annotations
@@ -107,12 +108,13 @@ def photo_z(flux, error, filters: Sequence[str], *, z_grid=None, z_prior=None, e
         logz_err[:, k] = np.sqrt(np.maximum(1.0 / np.maximum(ess[:, k], 1e-12) - 1.0 / n_draws, 0.0))
         chi2[:, k] = np.min(np.where(np.isfinite(lw), rd["chi2"], np.inf), axis=1)
     logp = logz + np.log(np.where(prior > 0, prior, 1e-300))[None, :]
-    logp -= np.max(logp, axis=1, keepdims=True)
-    p = np.exp(logp)
-    p /= np.trapezoid(p, z_grid, axis=1)[:, None]
+    top = np.max(logp, axis=1, keepdims=True)
+    ok = np.isfinite(top[:, 0])             # objects with no valid model at any redshift: NaN
+    p = np.full_like(logp, np.nan)
+    p[ok] = np.exp(logp[ok] - top[ok])
+    p[ok] /= np.trapezoid(p[ok], z_grid, axis=1)[:, None]
     cdf = np.concatenate([np.zeros((n, 1)), np.cumsum(0.5 * (p[:, 1:] + p[:, :-1]) * np.diff(z_grid), axis=1)], axis=1)
-    cdf /= cdf[:, -1:]
-    q = {name: np.array([np.interp(v, cdf[i], z_grid) for i in range(n)])
+    q = {name: np.array([np.interp(v, cdf[i] / cdf[i, -1], z_grid) if ok[i] else np.nan for i in range(n)])
          for name, v in (("z_p16", 0.16), ("z_median", 0.5), ("z_p84", 0.84))}
     out = xr.Dataset(
         {"log_evidence": (("object", "redshift"), logz, {"units": "1", "long_name": "log marginal likelihood "
@@ -122,9 +124,11 @@ def photo_z(flux, error, filters: Sequence[str], *, z_grid=None, z_prior=None, e
          "pdf": (("object", "redshift"), p, {"units": "1", "long_name": "redshift posterior density per unit z"}),
          "chi2_min": (("object", "redshift"), chi2, {"units": "1", "long_name": "smallest chi2 among the draws"}),
          "ess": (("object", "redshift"), ess, {"units": "1", "long_name": "importance-sampling effective sample size"}),
-         "z_peak": ("object", z_grid[np.argmax(p, axis=1)], {"units": "1", "long_name": "redshift of the pdf's maximum"}),
+         "z_peak": ("object", np.where(ok, z_grid[np.argmax(np.nan_to_num(p, nan=-1.0), axis=1)], np.nan),
+                    {"units": "1", "long_name": "redshift of the pdf's maximum"}),
          **{k: ("object", v, {"units": "1", "long_name": f"redshift posterior {k[2:]}"}) for k, v in q.items()},
-         "z_mean": ("object", np.trapezoid(p * z_grid, z_grid, axis=1), {"units": "1", "long_name": "posterior mean redshift"})},
+         "z_mean": ("object", np.where(ok, np.trapezoid(np.nan_to_num(p) * z_grid, z_grid, axis=1), np.nan),
+                    {"units": "1", "long_name": "posterior mean redshift"})},
         coords={"redshift": ("redshift", z_grid, {"units": "1", "long_name": "redshift"}),
                 "object": ("object", np.arange(n))},
         attrs={"filters": ",".join(map(str, filters)), "n_draws": n_draws, "error_floor": float(error_floor),
