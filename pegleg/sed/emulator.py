@@ -98,9 +98,12 @@ _SQRT_2_OVER_PI = np.float32(np.sqrt(2.0 / np.pi))
 
 
 # --------------------------------------------------------------------------- activations
-def _gelu_tanh(x: np.ndarray) -> np.ndarray:
-    """GELU, tanh approximation, in place on a float32 array (returns it)."""
-    t = x * x
+# Every activation works in place on a float32 array and returns it; ``t`` is an optional
+# scratch array of ``x``'s shape (``_forward`` reuses one per layer width instead of
+# allocating a temporary on every call).
+def _gelu_tanh(x: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
+    """GELU, tanh approximation."""
+    t = np.multiply(x, x, out=t)
     t *= np.float32(0.044715)
     t += np.float32(1.0)
     t *= x
@@ -113,10 +116,7 @@ def _gelu_tanh(x: np.ndarray) -> np.ndarray:
 
 
 def _gelu_tanh_doubled(x: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
-    """Twice GELU (tanh approximation), in place: ``x (1 + tanh(u))``; the 1/2 lives in the next layer.
-
-    ``t`` is an optional scratch array of ``x``'s shape.
-    """
+    """Twice GELU (tanh approximation): ``x (1 + tanh(u))``; the 1/2 lives in the next layer."""
     t = np.multiply(x, x, out=t)
     t *= np.float32(0.044715) * _SQRT_2_OVER_PI
     t += _SQRT_2_OVER_PI
@@ -127,7 +127,7 @@ def _gelu_tanh_doubled(x: np.ndarray, t: np.ndarray | None = None) -> np.ndarray
     return x
 
 
-def _gelu_erf(x: np.ndarray) -> np.ndarray:
+def _gelu_erf(x: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
     from scipy.special import erf
 
     t = erf(x * np.float32(1.0 / np.sqrt(2.0))).astype(x.dtype, copy=False)
@@ -137,20 +137,20 @@ def _gelu_erf(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def _silu(x: np.ndarray) -> np.ndarray:
-    t = np.negative(x)
+def _silu(x: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
+    t = np.negative(x, out=t)
     np.exp(t, out=t)
     t += np.float32(1.0)
     x /= t
     return x
 
 
-def _relu(x: np.ndarray) -> np.ndarray:
+def _relu(x: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
     np.maximum(x, np.float32(0.0), out=x)
     return x
 
 
-def _tanh(x: np.ndarray) -> np.ndarray:
+def _tanh(x: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
     np.tanh(x, out=x)
     return x
 
@@ -180,30 +180,29 @@ def _forward(x: np.ndarray, weights: Sequence[np.ndarray], biases: Sequence[np.n
     """Batched MLP: hidden layers with ``act``, last layer linear.  ``x`` float32 (N, in).
 
     Rows are processed in chunks that stay in cache, through two preallocated buffers
-    per width (fresh arrays of this size cost page faults on every layer).
+    per width and one scratch array for the activation (fresh arrays of this size cost
+    page faults on every layer).
     """
     n = x.shape[0]
     out = np.empty((n, weights[-1].shape[1]), dtype=np.float32)
     chunk = max(1, min(chunk_size, n))
     buffers = {}
+
+    def buffer(key, width):
+        buf = buffers.get(key)
+        if buf is None:
+            buf = buffers[key] = np.empty((chunk, width), dtype=np.float32)
+        return buf
+
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         h = x[start:stop]
         for i, (w, b) in enumerate(zip(weights[:-1], biases[:-1])):
-            key = (w.shape[1], i % 2)
-            buf = buffers.get(key)
-            if buf is None:
-                buf = buffers[key] = np.empty((chunk, w.shape[1]), dtype=np.float32)
-            hn = buf[:stop - start]
+            width = w.shape[1]
+            hn = buffer((width, i % 2), width)[:stop - start]
             np.matmul(h, w, out=hn)
             hn += b
-            if act is _gelu_tanh_doubled:
-                sk = buffers.get((w.shape[1], "scratch"))
-                if sk is None:
-                    sk = buffers[(w.shape[1], "scratch")] = np.empty((chunk, w.shape[1]), dtype=np.float32)
-                h = act(hn, sk[:stop - start])
-            else:
-                h = act(hn)
+            h = act(hn, buffer((width, "scratch"), width)[:stop - start])
         o = out[start:stop]
         np.matmul(h, weights[-1], out=o)
         o += biases[-1]
