@@ -116,8 +116,7 @@ def mass_profile(ds: xr.Dataset, band: str = "F444W", *, min_snr: float = DEFAUL
         raise SchemaError(f"ml_method must be one of {ML_METHODS}, got {ml_method!r}")
     if light_tail not in LIGHT_TAILS:
         raise SchemaError(f"light_tail must be one of {LIGHT_TAILS}, got {light_tail!r}")
-    if not (np.isfinite(tail_snr) and tail_snr > 0):
-        raise SchemaError(f"tail_snr must be a positive number, got {tail_snr!r}")
+    tail_snr = S.check_positive(tail_snr, "tail_snr")
     bands = [str(b) for b in ds[S.BAND].values]
     if band not in bands:
         raise SchemaError(f"band {band!r} is not in the Dataset (bands: {bands})")
@@ -154,9 +153,23 @@ def mass_profile(ds: xr.Dataset, band: str = "F444W", *, min_snr: float = DEFAUL
     pf = radial_profile(work, "fitted", **geo)
     psnr = radial_profile(work, "snr", **geo)
     pl = radial_profile(work, S.IMAGE, band=band, **geo)
-    # beyond the reliable radius the light comes from the intrinsic (PSF-free) model when the
-    # Dataset has one (deconvolve): smooth where the pixels are noise-dominated
-    if S.MODEL in work:
+    r = pm["radius"].values
+    area = pm["area"].values * area_pix                     # kpc^2 of each annulus inside the stamp
+    light = np.asarray(pl["profile"].values).reshape(-1) / area_pix
+    light_err = np.asarray(pl["profile_error"].values).reshape(-1) / area_pix
+    # the light beyond the reliable radius (light_ext): the measured image where its annulus
+    # S/N reaches tail_snr and a fitted tail beyond; without a tail, the intrinsic (PSF-free)
+    # model when the Dataset has one (deconvolve): smooth where the pixels are noise-dominated
+    tail = None
+    if light_tail != "model":
+        tail = _sersic_tail(r, light, light_err, tail_snr, rng_seed=seed,
+                            fixed_n=1.0 if light_tail == "exponential" else None)
+    if tail is not None:
+        inside = r <= tail["r_start"]
+        light_ext = np.where(inside, light, tail["light"])
+        light_ext_err = np.where(inside, light_err, tail["light_error"])
+        light_source = f"image to {tail['r_start']:.4g} arcsec, {light_tail} tail beyond"
+    elif S.MODEL in work:
         plm = radial_profile(work, S.MODEL, band=band, **geo)
         light_ext = np.asarray(plm["profile"].values).reshape(-1) / area_pix
         # the model's spread over the deconvolution's bootstrap draws (0 without draws)
@@ -164,10 +177,6 @@ def mass_profile(ds: xr.Dataset, band: str = "F444W", *, min_snr: float = DEFAUL
         light_source = "model"
     else:
         light_ext, light_ext_err, light_source = None, None, "image"
-    r = pm["radius"].values
-    area = pm["area"].values * area_pix                     # kpc^2 of each annulus inside the stamp
-    light = np.asarray(pl["profile"].values).reshape(-1) / area_pix
-    light_err = np.asarray(pl["profile_error"].values).reshape(-1) / area_pix
     mass = pm["profile"].values
     mass_err = pm["profile_error"].values
     frac_fitted = pf["profile"].values
@@ -208,21 +217,9 @@ def mass_profile(ds: xr.Dataset, band: str = "F444W", *, min_snr: float = DEFAUL
         ml_ext = float(np.median(ml_out[~reliable])) if (~reliable).any() else float(ml_out[idx[-1]])
         log_ml_sig = np.full(r.size, float(np.std(resid)) if use.size > 2 else 0.0)
     extrap = ~reliable
-    light_meas, light_meas_err = light.copy(), light_err.copy()
     if light_ext is not None:
         light_err = np.where(reliable, light_err, light_ext_err)
         light = np.where(reliable, light, light_ext)
-    tail = None
-    if light_tail in ("exponential", "sersic"):
-        tail = _sersic_tail(r, light_meas, light_meas_err, tail_snr, rng_seed=seed,
-                            fixed_n=1.0 if light_tail == "exponential" else None)
-        if tail is not None:
-            # measured light where its annulus S/N reaches tail_snr (PSF-corrected image =
-            # intrinsic model + residuals), the fitted tail beyond
-            inside = r <= tail["r_start"]
-            light = np.where(extrap & inside, light_meas, np.where(extrap, tail["light"], light))
-            light_err = np.where(extrap & inside, light_meas_err, np.where(extrap, tail["light_error"], light_err))
-            light_source = f"image to {tail['r_start']:.4g} arcsec, {light_tail} tail beyond"
     dens = np.where(reliable, mass, ml_out * light)
     dens_err = np.where(reliable, mass_err, np.abs(dens) * np.sqrt((np.log(10) * log_ml_sig) ** 2 +
                                                                      (light_err / np.where(light > 0, light, np.inf)) ** 2))
@@ -346,8 +343,8 @@ def _sersic_tail(r, light, light_err, tail_snr: float, rng_seed=0, fixed_n=None)
     except (np.linalg.LinAlgError, ValueError):
         pass
     out_err = out_light * rel
-    return {"light": out_light, "light_error": out_err, "r_start": float(r[j]), "n": float(np.exp(res.x[2])) if fixed_n is None else float(fixed_n),
-            "r_e": float(np.exp(res.x[1]))}
+    n = float(np.exp(res.x[2])) if fixed_n is None else float(fixed_n)
+    return {"light": out_light, "light_error": out_err, "r_start": float(r[j]), "n": n, "r_e": float(np.exp(res.x[1]))}
 
 
 def _half(cum: np.ndarray, edges: np.ndarray) -> float:
