@@ -124,6 +124,7 @@ from typing import Any
 import numpy as np
 
 from .exceptions import FileFormatError, PeglegError, SchemaError
+from .schema import last_step
 
 __all__ = ["Config", "read_catalog", "process_galaxy", "run_catalog", "local_cluster", "summarize", "safe_id",
            "write_summary", "counts_line", "CONFIG_VERSION", "SUMMARY_COLUMNS", "WORKER_CONFIG"]
@@ -783,15 +784,6 @@ def _half_mass_radius_pixels(ds) -> float:
     return float(prof["r50"])
 
 
-def _history_step(ds, name: str) -> dict | None:
-    from .schema import read_history
-
-    for step in reversed(read_history(ds)):
-        if step.get("step") == name:
-            return step
-    return None
-
-
 def _num(x: Any) -> float:
     try:
         v = float(x)
@@ -809,7 +801,7 @@ def summarize(ds, *, skipped: bool = False, file: str | None = None) -> dict[str
     """
     from . import schema as S
 
-    step = _history_step(ds, _PIPELINE_STEP) or {}
+    step = last_step(ds, _PIPELINE_STEP) or {}
     par = step.get("parameters", {})
     bands = [str(b) for b in ds[S.BAND].values]
     row: dict[str, Any] = {c: float("nan") for c in SUMMARY_COLUMNS}
@@ -883,9 +875,9 @@ def _complete(path: Path, galaxy_id: str):
         return None
     try:
         ds = open_dataset(path)
-        if _history_step(ds, "sedfit") is None:
+        if last_step(ds, "sedfit") is None:
             return None
-        step = _history_step(ds, _PIPELINE_STEP)
+        step = last_step(ds, _PIPELINE_STEP)
         if step is not None and str(step.get("parameters", {}).get("id")) != str(galaxy_id):
             return None
         return ds
@@ -930,7 +922,7 @@ def _chain(row: Mapping, config: Config) -> tuple[Any, str, int]:
     if not math.isfinite(z):          # no catalogue redshift: the peak of the photo-z posterior
         pz = ds.pegleg.photo_z(**config.photo_z)
         z = float(pz["z_peak"][0])
-        ds = ds.assign_attrs(redshift=z, redshift_source="photo-z", photo_z_peak=z,
+        ds = ds.assign_attrs(redshift=z, redshift_source="photo-z",
                              photo_z_quantiles=np.array([float(pz[k][0]) for k in ("z_p16", "z_median", "z_p84")]))
     ds = ds.pegleg.sedfit(redshift=z, **{"n_workers": 1, "progress": False, **config.sedfit})
     return ds, ref, size

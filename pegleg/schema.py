@@ -480,6 +480,14 @@ def read_history(ds: xr.Dataset) -> list[dict]:
     return hist
 
 
+def last_step(ds: xr.Dataset, step: str) -> dict | None:
+    """The most recent history record of ``step`` (e.g. ``"sedfit"``), or None."""
+    for record in reversed(read_history(ds)):
+        if record.get("step") == step:
+            return record
+    return None
+
+
 def append_history(ds: xr.Dataset, step: str, parameters: Mapping[str, Any] | None = None) -> xr.Dataset:
     """Return a shallow copy of ``ds`` whose history has one more step.
 

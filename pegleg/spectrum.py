@@ -1498,18 +1498,15 @@ def predict_spectrum(ds: xr.Dataset, region: Any = None, *, n_draws: int | None 
 def _integrated_draws(ds: xr.Dataset, region: Any, n_draws: int, seed) -> tuple[np.ndarray, dict]:
     """(n_draws, P) posterior draws of the fit of ``region``'s summed photometry, and attributes."""
     from .sed.fit import fit_photometry
-    from .sed.step import _to_ujy
+    from .sed.step import region_photometry
 
     if n_draws < 1:
         raise SchemaError(f"n_draws must be >= 1, got {n_draws}")
-    last = None
-    for step in reversed(schema.read_history(ds)):
-        if step.get("step") == "sedfit":
-            last = step.get("parameters", {})
-            break
-    if last is None:
+    step = schema.last_step(ds, "sedfit")
+    if step is None:
         raise SchemaError("predict_spectrum(method='integrated') needs a sedfit result (its settings and fitted "
                           "pixels): run ds.pegleg.sedfit() first")
+    last = step.get("parameters", {})
     bands = [str(b) for b in last.get("bands", ds[schema.BAND].values)]
     reg, _ = schema.fit_region(ds, region)
     fitted = reg.copy()
@@ -1517,14 +1514,7 @@ def _integrated_draws(ds: xr.Dataset, region: Any, n_draws: int, seed) -> tuple[
         fitted &= (ds[schema.SEDFIT_FLAG].values & 5) == 0
     if not fitted.any():
         raise SchemaError("predict_spectrum: no fitted pixel in the region")
-    sub = ds.sel({schema.BAND: bands})
-    k = _to_ujy(schema.image_units(ds))
-    img = np.asarray(sub[schema.IMAGE].values, float) * k
-    err = np.asarray(sub[schema.ERROR].values, float) * k
-    ok = fitted[None] & ~np.asarray(sub[schema.MASK].values).astype(bool) & np.isfinite(img) & np.isfinite(err)
-    flux = np.where(ok, img, 0.0).sum(axis=(1, 2))
-    error = np.sqrt((np.where(ok, err, 0.0) ** 2).sum(axis=(1, 2)))
-    valid = ok.any(axis=(1, 2)) & (error > 0)
+    flux, error, valid = region_photometry(ds, bands, fitted)
     z = float(last.get("redshift", ds.attrs.get(schema.REDSHIFT, np.nan)))
     lo, hi = last.get("mass_range", [0.0, 13.0])
     res = fit_photometry(flux[None], error[None], bands, z, valid=valid[None],

@@ -152,7 +152,7 @@ def photo_z_dataset(ds: xr.Dataset, *, region=None, bands=None, z_grid=None, z_p
     """
     from .. import schema as S
     from .emulator import load_emulator
-    from .step import _to_ujy
+    from .step import region_photometry
 
     emu = load_emulator("default") if emulator is None else (
         load_emulator(emulator) if isinstance(emulator, str) else emulator)
@@ -175,14 +175,7 @@ def photo_z_dataset(ds: xr.Dataset, *, region=None, bands=None, z_grid=None, z_p
     if not bands:
         raise FitError(f"photo_z: none of the Dataset's bands {all_bands} is emulated")
     reg, _ = S.fit_region(ds, region)
-    sub = ds.sel({S.BAND: bands})
-    scale = _to_ujy(S.image_units(ds))
-    img = np.asarray(sub[S.IMAGE].values, dtype=float) * scale
-    err = np.asarray(sub[S.ERROR].values, dtype=float) * scale
-    ok = reg[None] & ~np.asarray(sub[S.MASK].values).astype(bool) & np.isfinite(img) & np.isfinite(err) & (err > 0)
-    flux = np.where(ok, img, 0.0).sum(axis=(1, 2))
-    error = np.sqrt((np.where(ok, err, 0.0) ** 2).sum(axis=(1, 2)))
-    valid = ok.any(axis=(1, 2))
+    flux, error, valid = region_photometry(ds, bands, reg)
     out = photo_z(np.where(valid, flux, np.nan), np.where(valid, error, np.nan), bands, **kwargs)
     out.attrs.update(filters=",".join(b for b, v in zip(bands, valid) if v), n_pixels=int(reg.sum()))
     out["flux"] = ("band", flux, {"units": "uJy", "long_name": "integrated flux in the region"})

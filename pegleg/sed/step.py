@@ -62,6 +62,32 @@ def _to_ujy(units: str) -> float:
     return float(u.Unit(S.check_flux_unit(units)).to(u.uJy))
 
 
+def band_photometry(ds: xr.Dataset, bands, scale: float | None = None):
+    """(image, error, valid) of ``bands``, each (band, y, x), in uJy (``scale``: image
+    unit -> uJy, read from the Dataset when None).  ``valid``: unmasked, finite, error > 0
+    -- the pixels a fit uses."""
+    if scale is None:
+        scale = _to_ujy(S.image_units(ds))
+    sub = ds.sel({S.BAND: list(bands)})
+    img = np.asarray(sub[S.IMAGE].values, dtype=float) * scale
+    err = np.asarray(sub[S.ERROR].values, dtype=float) * scale
+    msk = np.asarray(sub[S.MASK].values).astype(bool)
+    valid = ~msk & np.isfinite(img) & np.isfinite(err) & (err > 0)
+    return img, err, valid
+
+
+def region_photometry(ds: xr.Dataset, bands, region: np.ndarray):
+    """Integrated photometry of a boolean (y, x) ``region``: per band the summed flux and
+    the quadrature-summed error of its valid pixels (uJy; see :func:`band_photometry`), and
+    whether the band has any valid pixel there.  Neighbouring pixels of PSF-matched images
+    are correlated, so the error is a lower limit."""
+    img, err, valid = band_photometry(ds, bands)
+    ok = valid & np.asarray(region, bool)[None]
+    flux = np.where(ok, img, 0.0).sum(axis=(1, 2))
+    error = np.sqrt((np.where(ok, err, 0.0) ** 2).sum(axis=(1, 2)))
+    return flux, error, ok.any(axis=(1, 2))
+
+
 def _region(ds: xr.Dataset, region) -> np.ndarray:
     return S.fit_region(ds, region)[0]
 
@@ -109,12 +135,7 @@ class _Setup:
 
     def photometry(self, ds):
         """(image, error in uJy, valid) of the fitted bands, each (band, y, x)."""
-        sub = ds.sel({S.BAND: self.bands})
-        img = np.asarray(sub[S.IMAGE].values, dtype=float) * self.scale
-        err = np.asarray(sub[S.ERROR].values, dtype=float) * self.scale
-        msk = np.asarray(sub[S.MASK].values).astype(bool)
-        valid = ~msk & np.isfinite(img) & np.isfinite(err) & (err > 0)
-        return img, err, valid
+        return band_photometry(ds, self.bands, self.scale)
 
 
 class _Totals:
