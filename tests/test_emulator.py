@@ -115,8 +115,8 @@ def test_activations_run(act):
 
 @pytest.mark.parametrize("act", ["gelu_tanh", "gelu", "silu", "relu", "tanh"])
 def test_evaluate_folded_matches_predict(act):
-    """evaluate() runs a folded network (standardisation, GELU's 1/2, colours + reference
-    and -0.4 (m - 23.9) moved into the weights): same fluxes and derived values as
+    """evaluate() runs a folded network (standardisation, biases, GELU's argument scale and
+    1/2, colours + reference and -0.4 (m - 23.9) moved into the weights): same fluxes and derived values as
     predict()/derived(), across chunk boundaries, for rows out of bounds and a single row."""
     e = make_emulator(hidden=(24, 24, 24), activation=act)
     e.chunk_size = 7                                          # several chunks and a short last one
@@ -136,6 +136,17 @@ def test_evaluate_folded_matches_predict(act):
     f1, d1 = e.evaluate(x[0], ["F115W", "F444W"])
     assert f1.shape == (2,) and np.ndim(d1["av"]) == 0
     np.testing.assert_allclose(f1, e.evaluate(x[:1], ["F115W", "F444W"])[0][0], rtol=1e-6)
+
+
+def test_scaled_gelu_identity():
+    """The six-pass activation of the folded network: s/2 * act(x / s) is GELU (tanh form)."""
+    from pegleg.sed.emulator import _GELU_SCALE, _gelu_tanh, _gelu_tanh_scaled
+
+    x = np.linspace(-8, 8, 4001)
+    expect = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+    got = 0.5 * _GELU_SCALE * _gelu_tanh_scaled((x / _GELU_SCALE).astype(np.float32)).astype(float)
+    np.testing.assert_allclose(got, expect, atol=2e-6)
+    np.testing.assert_allclose(_gelu_tanh(x.astype(np.float32)), expect, atol=2e-6)
 
 
 def test_roundtrip_bitwise(emu, saved):

@@ -115,16 +115,25 @@ def _gelu_tanh(x: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
     return x
 
 
-def _gelu_tanh_doubled(x: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
-    """Twice GELU (tanh approximation): ``x (1 + tanh(u))``; the 1/2 lives in the next layer."""
-    t = np.multiply(x, x, out=t)
-    t *= np.float32(0.044715) * _SQRT_2_OVER_PI
-    t += _SQRT_2_OVER_PI
-    t *= x
+#: ``_gelu_tanh_scaled`` works on ``y = x / _GELU_SCALE``: then ``u = sqrt(2/pi) (x + 0.044715 x^3)
+#: = y (y^2 + _GELU_SCALED_C)``, one pass shorter than the doubled form.
+_GELU_SCALE = float((0.044715 * np.sqrt(2.0 / np.pi)) ** (-1.0 / 3.0))
+_GELU_SCALED_C = np.float32(np.sqrt(2.0 / np.pi) * _GELU_SCALE)
+
+
+def _gelu_tanh_scaled(y: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
+    """``y (1 + tanh(y (y^2 + c)))`` = ``2 GELU(x) / s`` for ``y = x / s`` (``s = _GELU_SCALE``).
+
+    The scale ``s`` is folded into the previous layer and ``s / 2`` into the next one
+    (:meth:`MLPEmulator._sliced`), so this is GELU (tanh approximation) in six passes.
+    """
+    t = np.multiply(y, y, out=t)
+    t += _GELU_SCALED_C
+    t *= y
     np.tanh(t, out=t)
     t += np.float32(1.0)
-    x *= t
-    return x
+    y *= t
+    return y
 
 
 def _gelu_erf(x: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
@@ -181,7 +190,8 @@ def _forward(x: np.ndarray, weights: Sequence[np.ndarray], biases: Sequence[np.n
 
     Rows are processed in chunks that stay in cache, through two preallocated buffers
     per width and one scratch array for the activation (fresh arrays of this size cost
-    page faults on every layer).
+    page faults on every layer).  ``biases=None``: the biases are folded into the weights
+    (:func:`_fold_biases`) and ``x`` ends with a column of ones.
     """
     n = x.shape[0]
     out = np.empty((n, weights[-1].shape[1]), dtype=np.float32)
@@ -197,15 +207,40 @@ def _forward(x: np.ndarray, weights: Sequence[np.ndarray], biases: Sequence[np.n
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         h = x[start:stop]
-        for i, (w, b) in enumerate(zip(weights[:-1], biases[:-1])):
+        for i, w in enumerate(weights[:-1]):
             width = w.shape[1]
             hn = buffer((width, i % 2), width)[:stop - start]
             np.matmul(h, w, out=hn)
-            hn += b
+            if biases is not None:
+                hn += biases[i]
             h = act(hn, buffer((width, "scratch"), width)[:stop - start])
         o = out[start:stop]
         np.matmul(h, weights[-1], out=o)
-        o += biases[-1]
+        if biases is not None:
+            o += biases[-1]
+    return out
+
+
+def _fold_biases(weights: Sequence[np.ndarray], biases: Sequence[np.ndarray], act) -> list[np.ndarray]:
+    """float32 weights with the biases folded in, for :func:`_forward` with ``biases=None``.
+
+    Every layer gets one more input row (its bias, applied to a constant input) and every
+    hidden layer one more output column that carries the constant: the input ends with a
+    column of ones, and a hidden layer's constant column holds ``1`` before the activation
+    and ``act(1)`` after it (computed in float32 with ``act`` itself), so the next layer's
+    bias row is divided by that.  One matrix product per layer replaces a product and a
+    bias pass (measured 2% faster for 192-wide layers).
+    """
+    k_in = 1.0
+    out = []
+    for i, (w, b) in enumerate(zip(weights, biases)):
+        w = np.vstack([np.asarray(w, np.float64), np.asarray(b, np.float64)[None, :] / k_in])
+        if i < len(weights) - 1:
+            col = np.zeros((w.shape[0], 1))
+            col[-1, 0] = 1.0 / k_in
+            w = np.hstack([w, col])
+            k_in = float(act(np.ones((1, 1), np.float32), np.empty((1, 1), np.float32))[0, 0])
+        out.append(np.ascontiguousarray(w, dtype=np.float32))
     return out
 
 
@@ -585,8 +620,10 @@ class MLPEmulator(BaseEmulator):
         Exact algebra, done once in float64 and stored as float32:
 
         - the input standardisation ``(x - x_mean) / x_std`` goes into the first layer;
-        - for ``gelu_tanh`` the factor 1/2 of ``x (1 + tanh(u)) / 2`` goes into the next
-          layer's weights, so the activation is one pass shorter;
+        - for ``gelu_tanh`` every hidden layer computes ``x / s`` and the next one takes
+          ``s / 2`` (:func:`_gelu_tanh_scaled`), so the activation is two passes shorter;
+        - the biases are folded into the weights (:func:`_fold_biases`; the input gets a
+          column of ones);
         - the last layer keeps only the reference magnitude, the colours of ``fidx`` and the
           derived outputs, and its de-standardisation, the reference magnitude added to each
           colour and ``ln f = -0.4 ln(10) (m - 23.9)`` are folded in, so it returns the
@@ -601,9 +638,11 @@ class MLPEmulator(BaseEmulator):
             inv = 1.0 / self.x_std.astype(f64)
             bs[0] = bs[0] - (self.x_mean.astype(f64) * inv) @ Ws[0]
             Ws[0] = Ws[0] * inv[:, None]
-            halved = self.activation == "gelu_tanh"
-            if halved:
-                Ws[1:] = [0.5 * w for w in Ws[1:]]
+            scaled = self.activation == "gelu_tanh"
+            if scaled:
+                for i in range(len(Ws) - 1):
+                    Ws[i], bs[i] = Ws[i] / _GELU_SCALE, bs[i] / _GELU_SCALE
+                    Ws[i + 1] = Ws[i + 1] * (0.5 * _GELU_SCALE)
             # de-standardised last layer: y = h @ A + c
             A = Ws[-1] * self.y_std.astype(f64)
             c = bs[-1] * self.y_std.astype(f64) + self.y_mean.astype(f64)
@@ -618,9 +657,8 @@ class MLPEmulator(BaseEmulator):
             b_last = np.concatenate([k_ln * (mag_c - 23.9), c[[k for _, k in dcols]]])
             Ws[-1], bs[-1] = W_last, b_last
             derived = {name: (len(fidx) + j, name in self.mass_scaled_outputs) for j, (name, _) in enumerate(dcols)}
-            act = _gelu_tanh_doubled if halved else self._act
-            cache[key] = ([np.ascontiguousarray(w, dtype=np.float32) for w in Ws],
-                          [b.astype(np.float32) for b in bs], act, derived)
+            act = _gelu_tanh_scaled if scaled else self._act
+            cache[key] = (_fold_biases(Ws, bs, act), act, derived)
         return cache[key]
 
     def evaluate(self, params, filters=None, *, strict: bool = True) -> tuple[np.ndarray, dict]:
@@ -635,8 +673,10 @@ class MLPEmulator(BaseEmulator):
             result = {k: np.full(n, np.nan) for k in DERIVED_NAMES}
         if valid.any():
             th = theta if all_valid else theta[valid]
-            Ws, bs, act, dcols = self._sliced(fidx)
-            y = _forward(th[:, self._input_idx].astype(np.float32), Ws, bs, act, self.chunk_size)
+            Ws, act, dcols = self._sliced(fidx)
+            x = np.ones((th.shape[0], len(self._input_idx) + 1), dtype=np.float32)
+            x[:, :-1] = th[:, self._input_idx]
+            y = _forward(x, Ws, None, act, self.chunk_size)
             dm = th[:, self._imass] - self.reference_log_mass
             # ln flux (uJy) at the reference mass -> flux, with the exact mass scaling
             lf = y[:, :fidx.size]
