@@ -254,8 +254,8 @@ def fit_multigauss(image: np.ndarray, error: np.ndarray, mask: np.ndarray, psf_s
         Parametric-bootstrap draws (at the fitted geometry) for ``flux_error``: noise is
         added to the best-fit model and the bounded linear solve repeated, so the
         non-negativity of the fluxes is respected.  Measured on synthetic galaxies the
-        pulls have a standard deviation of ~0.75; for a point source the real scatter is
-        ~3x larger, because the shape (q, PA) of faint wide components fits noise.
+        pulls have a standard deviation of ~0.75; for point sources at peak S/N 200,
+        0.8 (F150W and F444W, 20 noise draws each).
 
     Returns
     -------
