@@ -30,15 +30,22 @@ import numpy as np
 
 from pegleg.sed import load_emulator
 from pegleg.sed.fit import JOF_FILTERS, effective_error
-from pegleg.sed.npe import (MASS_PER_FLUX, SUMMARY_NAMES, PosteriorNetwork, features, head_size,
-                            save_posterior_network)
+from pegleg.sed.npe import (MASS_PER_FLUX, SUMMARY_NAMES, TRANSFORMS, ParameterTransform, PosteriorNetwork,
+                            features, head_size, save_posterior_network)
 from pegleg.sed.simulate import emulator_fraction
 
 
 SNR_RANGE = (0.3, 1000.0)
 
 
-def simulate(emu, filters, n, rng, zrange, snr_range=SNR_RANGE):
+def parameter_transform(emu, kind):
+    """The proposal's :class:`~pegleg.sed.npe.ParameterTransform` for ``emu``'s fitted parameters."""
+    names = [p for p in emu.param_names if p not in ("log_mass_formed", "redshift")]
+    bounds = emu.bounds[[emu.param_names.index(p) for p in names]]
+    return ParameterTransform(kind, names, bounds, {p: emu.prior[p] for p in names if p in emu.prior})
+
+
+def simulate(emu, filters, n, rng, zrange, snr_range=SNR_RANGE, transform=None):
     """(X features, targets A, targets B) for n fresh simulated pixels."""
     P = len(emu.param_names)
     im, iz = emu.param_names.index("log_mass_formed"), emu.param_names.index("redshift")
@@ -65,9 +72,8 @@ def simulate(emu, filters, n, rng, zrange, snr_range=SNR_RANGE):
     valid[~valid.any(axis=1), -1] = True
     sig = effective_error(flux, error, floor, efrac)
     X, log_scale = features(flux, sig, valid, theta[:, iz])
-    lo, hi = emu.bounds[fit_idx, 0], emu.bounds[fit_idx, 1]
-    t = np.clip((theta[:, fit_idx] - lo) / (hi - lo), 1e-9, 1 - 1e-9)
-    ya = np.column_stack([np.log(t) - np.log1p(-t), theta[:, im] - log_scale])
+    transform = parameter_transform(emu, "logit") if transform is None else transform
+    ya = np.column_stack([transform.forward(theta[:, fit_idx]), theta[:, im] - log_scale])
     yb = np.column_stack([der["log_stellar_mass"] - log_scale, der["log_sfr100"] - log_scale,
                           der["log_sfr10"] - log_scale, der["log_age_mw"]])
     ok = np.all(np.isfinite(ya), axis=1) & np.all(np.isfinite(yb), axis=1) & np.all(np.isfinite(X), axis=1)
@@ -94,6 +100,8 @@ def main(argv=None) -> int:
     ap.add_argument("--snr-min", type=float, default=SNR_RANGE[0])
     ap.add_argument("--snr-max", type=float, default=SNR_RANGE[1])
     ap.add_argument("--init", default=None, help="start from this network file (same architecture): fine-tuning")
+    ap.add_argument("--transform", default="normal", choices=TRANSFORMS,
+                    help="proposal variables: prior CDF -> standard normal (default) or logit of the bounds")
     args = ap.parse_args(argv)
 
     import torch
@@ -110,8 +118,9 @@ def main(argv=None) -> int:
     da, db = len(fit_names) + 1, len(SUMMARY_NAMES)
 
     sr = (args.snr_min, args.snr_max)
-    Xv, yav, ybv = simulate(emu, filters, 20_000, np.random.default_rng(args.seed + 1), zr, sr)
-    X0, ya0, yb0 = simulate(emu, filters, 100_000, rng, zr, sr)
+    tr = parameter_transform(emu, args.transform)
+    Xv, yav, ybv = simulate(emu, filters, 20_000, np.random.default_rng(args.seed + 1), zr, sr, tr)
+    X0, ya0, yb0 = simulate(emu, filters, 100_000, rng, zr, sr, tr)
     x_mean, x_std = X0.mean(0), X0.std(0) + 1e-6
     ya_mean, ya_std = ya0.mean(0), ya0.std(0)
     yb_mean, yb_std = yb0.mean(0), yb0.std(0)
@@ -201,7 +210,7 @@ def main(argv=None) -> int:
             best = (float(v), [p.detach().clone() for p in params])
         if elapsed >= budget:
             break
-        Xe, yae, ybe = simulate(emu, filters, args.epoch_size, rng, zr, sr)
+        Xe, yae, ybe = simulate(emu, filters, args.epoch_size, rng, zr, sr, tr)
 
     with torch.no_grad():
         for p, b in zip(params, best[1]):
@@ -210,6 +219,7 @@ def main(argv=None) -> int:
     meta = {
         "filters": filters, "param_names": fit_names + [MASS_PER_FLUX],
         "bounds": emu.bounds[[emu.param_names.index(n) for n in fit_names]].tolist(),
+        "transform": args.transform, "prior": {n: emu.prior[n] for n in fit_names if n in emu.prior},
         "summary_names": list(SUMMARY_NAMES), "n_components": [args.ka, args.kb],
         "activation": "silu", "redshift_range": [args.zmin, args.zmax],
         "emulator": {"name": str(args.emulator), "training": emu.metadata.get("training", {}).get("date")},

@@ -167,6 +167,52 @@ def test_network_transforms_and_io(tmp_path):
         load_posterior_network(str(tmp_path / "missing.npz"))
 
 
+PRIORS = {"uniform": {}, "student_t": {"type": "student_t", "loc": 0.0, "scale": 0.3, "nu": 2.0, "clip": 5.0},
+          "student_t3": {"type": "student_t", "loc": 0.5, "scale": 0.7, "nu": 3.0},
+          "normal": {"type": "normal", "loc": -1.0, "scale": 0.5}}
+
+
+@pytest.mark.parametrize("kind", list(PRIORS))
+def test_normal_transform_maps_the_prior_to_a_standard_normal(kind):
+    """ParameterTransform('normal'): prior draws become N(0, 1); the inverse is exact, its
+    Jacobian matches finite differences, and log prior + log Jacobian = log N(u; 0, 1)."""
+    from scipy import stats
+
+    from pegleg.sed.emulator import MLPEmulator
+    from pegleg.sed.npe import ParameterTransform
+
+    bounds = [[-5.0, 5.0]]
+    spec = PRIORS[kind]
+    emu = MLPEmulator([np.zeros((2, 2)), np.zeros((2, 1))], [np.zeros(2), np.zeros(1)], np.zeros(2), np.ones(2),
+                      np.zeros(1), np.ones(1), np.zeros(1),
+                      dict(param_names=["log_mass_formed", "redshift", "x"], bounds=[[6, 12], [0.01, 10]] + bounds,
+                           prior={"x": spec} if spec else {}, filters=["F444W"], reference_filter="F444W",
+                           reference_log_mass=10.0, outputs=["mag:F444W"], activation="tanh", training={}, accuracy={}))
+    T = ParameterTransform("normal", ["x"], bounds, {"x": spec} if spec else {})
+    x = emu.sample_prior(20000, seed=2)[:, 2:]
+    u = T.forward(x)
+    assert stats.kstest(u[:, 0], "norm").pvalue > 1e-3
+    back, lj = T.inverse(u)
+    np.testing.assert_allclose(back, x, atol=1e-9)
+    np.testing.assert_allclose(emu.log_prior(back, ["x"]) + lj, -0.5 * u[:, 0] ** 2 - 0.5 * np.log(2 * np.pi),
+                               atol=1e-8)
+    uu = np.linspace(-4, 4, 17)[:, None]           # (beyond, 1 - Phi(u) loses digits to finite differences)
+    h = 1e-6
+    num = np.log((T.inverse(uu + h, False)[0] - T.inverse(uu - h, False)[0]) / (2 * h))[:, 0]
+    np.testing.assert_allclose(T.inverse(uu)[1], num, rtol=1e-5, atol=1e-5)
+    far = T.inverse(np.array([[-40.0], [40.0]]))[0][:, 0]      # Phi(u) rounds to 0 / 1: clipped to the support
+    assert np.all(np.isfinite(far)) and -5.0 <= far[0] <= far[1] <= 5.0
+
+
+def test_unknown_transform_is_refused():
+    from pegleg.sed.npe import ParameterTransform
+
+    with pytest.raises(EmulatorError, match="unknown parameter transform"):
+        ParameterTransform("probit", ["x"], [[0, 1]])
+    with pytest.raises(EmulatorError, match="unknown parameter transform"):
+        random_network(transform="probit")
+
+
 def _toy_emulator(filters):
     """A random smooth 3-band 'SED model' with two shape parameters (an MLPEmulator)."""
     from pegleg.sed.emulator import MLPEmulator
@@ -183,11 +229,13 @@ def _toy_emulator(filters):
                        np.array([1.0, 1.0, 1.0]), np.zeros(3), meta)
 
 
-def test_importance_sampling_matches_a_brute_force_posterior():
-    """An untrained, broad proposal + many draws: the weighted posterior equals a grid posterior."""
+@pytest.mark.parametrize("transform", ["logit", "normal"])
+def test_importance_sampling_matches_a_brute_force_posterior(transform):
+    """An untrained, broad proposal + many draws: the weighted posterior equals a grid posterior
+    (with either proposal parametrisation)."""
     filters = ["F150W", "F277W", "F444W"]
     emu = _toy_emulator(filters)
-    net = random_network(filters=filters, seed=5, diag_bias=1.5)   # ~1.7 wide in logit space
+    net = random_network(filters=filters, seed=5, diag_bias=1.5, transform=transform)   # ~1.7 wide
     truth = np.array([[9.0, 2.0, -0.6, 1.3]])
     f0, _ = emu.evaluate(truth, filters)
     err = 0.04 * f0
@@ -207,9 +255,9 @@ def test_importance_sampling_matches_a_brute_force_posterior():
     p_z = post.sum(0).reshape(Zm.shape).sum(1)
     p_a = post.sum(0).reshape(Zm.shape).sum(0)
     p_m = post.sum(1)
-    r = F.fit_photometry(obs, err, filters, 2.0, emulator=emu, network=net, n_draws=20000, ess_target=0,
+    r = F.fit_photometry(obs, err, filters, 2.0, emulator=emu, network=net, n_draws=50000, ess_target=0,
                          error_floor=0.0, emulator_sigma=False, seed=3)
-    assert r["ess"][0] > 1000
+    assert r["ess"][0] > 800
     np.testing.assert_allclose(r["log_metallicity"][0], q(p_z, zg), atol=0.04)
     np.testing.assert_allclose(r["av"][0], q(p_a, ag), atol=0.04)
     np.testing.assert_allclose(r["log_mass_formed"][0], q(p_m, lm), atol=0.01)

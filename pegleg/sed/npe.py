@@ -5,8 +5,11 @@ which bands are valid, plus the redshift) to two Gaussian mixtures:
 
 ``proposal``
     over the ``P - 1`` fitted parameters (every emulator parameter except
-    ``log_mass_formed`` and ``redshift``, each mapped to an unconstrained variable
-    ``u = logit((theta - lo) / (hi - lo))``) **and** ``log_mass_per_flux`` =
+    ``log_mass_formed`` and ``redshift``, each mapped to an unconstrained variable ``u``
+    by the network's ``transform``: ``"normal"`` (networks trained since 2026-11-27)
+    ``u = Phi^-1(F(theta))`` with ``F`` the parameter's (truncated) prior CDF, so the prior
+    is a standard normal in ``u``; ``"logit"`` (older files) ``u = logit((theta - lo) / (hi - lo))``)
+    **and** ``log_mass_per_flux`` =
     ``log_mass_formed - log10(scale / uJy)``.  The fitter draws from its marginal over the
     first ``P - 2`` dimensions and corrects the draws by importance sampling with the
     exact emulator likelihood (:mod:`pegleg.sed.fit`); the mass is handled analytically
@@ -35,7 +38,18 @@ uint8 array) with ``format`` = ``"pegleg-posterior-network"``, ``version`` = 1,
 ``filters``, ``param_names`` (the proposal's dimensions), ``bounds`` (of the first
 ``P - 2``), ``summary_names``, ``n_components`` (``[K_A, K_B]``), ``activation``,
 ``redshift_range``, ``emulator`` (name and training provenance of the emulator it was
-trained on), ``training`` and ``validation`` (free dicts).
+trained on), ``training`` and ``validation`` (free dicts); optional ``transform``
+(``"logit"`` when absent, or ``"normal"``) and, for ``"normal"``, ``prior`` (the
+emulator's prior specification of the first ``P - 2`` parameters, see
+:meth:`pegleg.sed.emulator.BaseEmulator.log_prior`).
+
+Why the prior-CDF transform: in logit space the continuity prior of the SFH ratios
+(Student-t, scale 0.3, within +-5) is a spike with heavy tails that a few Gaussian
+components cannot follow.  Measured (19 JOF bands, z = 2, 200 pixels per S/N range,
+importance sampling with 256 draws): one Gaussian matched to each pixel's posterior
+moments gives a median ESS/N of 0.53 (S/N 5-10) and 0.22 (S/N 20-40) in the normal
+space against 0.12 and 0.07 in logit space, where the logit-space network reached 0.30
+and 0.10.
 """
 
 from __future__ import annotations
@@ -54,7 +68,7 @@ from .emulator import activation_function
 __all__ = [
     "PosteriorNetwork", "GaussianMixture", "features", "load_posterior_network",
     "save_posterior_network", "FORMAT_NAME", "FORMAT_VERSION", "N_FEATURES_EXTRA",
-    "SUMMARY_NAMES", "MASS_PER_FLUX",
+    "SUMMARY_NAMES", "MASS_PER_FLUX", "ParameterTransform", "TRANSFORMS",
 ]
 
 FORMAT_NAME = "pegleg-posterior-network"
@@ -69,6 +83,139 @@ _LOG_ERR_MISSING = 2.0
 _LOG_ERR_MIN = -4.0
 _DATA_DIR = Path(__file__).resolve().parent / "data"
 _LOG_2PI = np.log(2.0 * np.pi)
+
+
+#: Maps between the bounded parameters and the proposal's unconstrained variables.
+TRANSFORMS = ("logit", "normal")
+
+
+# --------------------------------------------------------------------------- transform
+class ParameterTransform:
+    """Bounded parameters (..., D) <-> the proposal's unconstrained variables (..., D).
+
+    ``kind="logit"``: ``u = logit((theta - lo) / (hi - lo))``.  ``kind="normal"``:
+    ``u = Phi^-1(F(theta))`` with ``F`` each parameter's prior CDF (``prior[name]`` as in
+    :meth:`pegleg.sed.emulator.BaseEmulator.log_prior`: ``uniform`` (default),
+    ``student_t`` or ``normal``, truncated to ``bounds`` and, for ``student_t``, to
+    ``loc +- clip``), so the prior is a standard normal in ``u`` and
+    ``log prior(theta) + log |d theta / d u| = log N(u; 0, 1)`` exactly.
+    """
+
+    def __init__(self, kind: str, names: Sequence[str], bounds, prior: Mapping[str, Any] | None = None):
+        if kind not in TRANSFORMS:
+            raise EmulatorError(f"unknown parameter transform {kind!r}; known: {TRANSFORMS}")
+        self.kind = kind
+        self.names = tuple(str(n) for n in names)
+        self.bounds = np.asarray(bounds, dtype=np.float64)
+        prior = dict(prior or {})
+        self._dims = []
+        if kind == "normal":
+            from scipy import special
+
+            for (lo, hi), name in zip(self.bounds, self.names):
+                spec = dict(prior.get(name) or {"type": "uniform"})
+                t = spec.get("type", "uniform")
+                if t == "uniform":
+                    a, b = max(float(spec.get("low", lo)), lo), min(float(spec.get("high", hi)), hi)
+                    self._dims.append(("uniform", a, b, None))
+                elif t in ("student_t", "normal"):
+                    loc, sc = float(spec.get("loc", 0.0)), float(spec["scale"])
+                    clip = float(spec.get("clip", np.inf)) if t == "student_t" else np.inf
+                    a, b = max(lo, loc - clip), min(hi, loc + clip)
+                    nu = float(spec.get("nu", 2.0)) if t == "student_t" else None
+                    ca, cb = (self._cdf(t, nu, (x - loc) / sc) for x in (a, b))
+                    self._dims.append((t, a, b, (loc, sc, nu, ca, cb - ca)))
+                else:
+                    raise EmulatorError(f"unknown prior type {t!r} for parameter {name!r}")
+            self._special = special
+
+    @staticmethod
+    def _cdf(kind, nu, x):
+        from scipy import special
+
+        x = np.asarray(x, dtype=np.float64)
+        if kind == "normal":
+            return special.ndtr(x)
+        if nu == 2.0:                              # closed form (5x faster than stdtr)
+            return 0.5 + x / (2.0 * np.sqrt(2.0 + x * x))
+        return special.stdtr(nu, x)
+
+    @staticmethod
+    def _ppf(kind, nu, p):
+        from scipy import special
+
+        p = np.asarray(p, dtype=np.float64)
+        if kind == "normal":
+            return special.ndtri(p)
+        if nu == 2.0:
+            return (2.0 * p - 1.0) / np.sqrt(2.0 * p * (1.0 - p))
+        return special.stdtrit(nu, p)
+
+    @staticmethod
+    def _logpdf(kind, nu, x):
+        from scipy import special
+
+        if kind == "normal":
+            return -0.5 * x * x - 0.5 * _LOG_2PI
+        return (special.gammaln((nu + 1) / 2) - special.gammaln(nu / 2) - 0.5 * np.log(nu * np.pi)
+                - (nu + 1) / 2 * np.log1p(x * x / nu))
+
+    def forward(self, theta: np.ndarray) -> np.ndarray:
+        """Parameters (..., D) -> unconstrained (..., D)."""
+        theta = np.asarray(theta, dtype=np.float64)
+        lo, hi = self.bounds[:, 0], self.bounds[:, 1]
+        if self.kind == "logit":
+            t = np.clip((theta - lo) / (hi - lo), 1e-12, 1 - 1e-12)
+            return np.log(t) - np.log1p(-t)
+        u = np.empty(theta.shape)
+        for j, (kind, a, b, par) in enumerate(self._dims):
+            v = theta[..., j]
+            if kind == "uniform":
+                c = (v - a) / (b - a)
+            else:
+                loc, sc, nu, ca, w = par
+                c = (self._cdf(kind, nu, (v - loc) / sc) - ca) / w
+            u[..., j] = self._special.ndtri(np.clip(c, 1e-15, 1 - 1e-15))
+        return u
+
+    def inverse(self, u: np.ndarray, jacobian: bool = True,
+                dims: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Unconstrained (..., d) -> (parameters, ``log |d theta / d u|`` summed over dimensions, or None).
+
+        ``dims``: ``u`` holds only these parameters (indices into ``names``).
+        """
+        u = np.asarray(u, dtype=np.float64)
+        idx = np.arange(len(self.names)) if dims is None else np.asarray(dims, dtype=np.intp)
+        if self.kind == "logit":
+            lo, hi = self.bounds[idx, 0], self.bounds[idx, 1]
+            e = np.exp(-np.abs(u))                      # stable logistic
+            t = np.where(u >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+            theta = lo + (hi - lo) * t
+            if not jacobian:
+                return theta, None
+            # t (1 - t) = e^-|u| / (1 + e^-|u|)^2
+            return theta, (np.log(hi - lo) - np.abs(u) - 2.0 * np.log1p(e)).sum(axis=-1)
+        theta = np.empty(u.shape)
+        log_jac = np.zeros(u.shape[:-1]) if jacobian else None
+        sp = self._special
+        for k, j in enumerate(idx):
+            kind, a, b, par = self._dims[j]
+            uk = u[..., k]
+            c = sp.ndtr(uk)
+            if kind == "uniform":
+                theta[..., k] = a + (b - a) * c
+                if jacobian:
+                    log_jac += -0.5 * uk * uk - 0.5 * _LOG_2PI + np.log(b - a)
+                continue
+            loc, sc, nu, ca, w = par
+            # far in the tails Phi(u) rounds to 0 or 1: clip (the parameter sits at its bound)
+            p = np.clip(ca + w * c, ca + 1e-300, ca + w - 1e-16 * max(w, 1.0))
+            x = self._ppf(kind, nu, p)
+            theta[..., k] = np.clip(loc + sc * x, a, b)
+            if jacobian:
+                # d theta / d u = phi(u) / prior density = phi(u) * sc * w / f(x)
+                log_jac += -0.5 * uk * uk - 0.5 * _LOG_2PI + np.log(sc * w) - self._logpdf(kind, nu, x)
+        return theta, log_jac
 
 
 # --------------------------------------------------------------------------- features
@@ -292,6 +439,8 @@ class PosteriorNetwork:
         self.redshift_range = tuple(float(z) for z in meta["redshift_range"])
         self.activation = str(meta["activation"])
         self._act = activation_function(self.activation)
+        self.transform = ParameterTransform(str(meta.get("transform", "logit")), self.param_names[:-1],
+                                            self.bounds, meta.get("prior"))
         self._validate()
 
     def _validate(self) -> None:
@@ -328,27 +477,16 @@ class PosteriorNetwork:
 
     # ----------------------------------------------------------------- transforms
     def to_unconstrained(self, theta: np.ndarray) -> np.ndarray:
-        """Bounded parameters (…, P-2) -> unconstrained logits."""
-        lo, hi = self.bounds[:, 0], self.bounds[:, 1]
-        t = np.clip((theta - lo) / (hi - lo), 1e-12, 1 - 1e-12)
-        return np.log(t) - np.log1p(-t)
+        """Bounded parameters (…, P-2) -> the proposal's unconstrained variables (:class:`ParameterTransform`)."""
+        return self.transform.forward(theta)
 
     def from_unconstrained(self, u: np.ndarray, jacobian: bool = True,
                            dims: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-        """Logits (..., P-2) -> (parameters, ``log abs(d theta / d u)`` summed over dimensions, or None).
+        """Unconstrained (..., P-2) -> (parameters, ``log abs(d theta / d u)`` summed over dimensions, or None).
 
         ``dims``: ``u`` holds only these parameters (indices into ``param_names[:-1]``).
         """
-        bounds = self.bounds if dims is None else self.bounds[np.asarray(dims, dtype=np.intp)]
-        lo, hi = bounds[:, 0], bounds[:, 1]
-        e = np.exp(-np.abs(u))                      # stable logistic
-        t = np.where(u >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-        theta = lo + (hi - lo) * t
-        if not jacobian:
-            return theta, None
-        # t (1 - t) = e^-|u| / (1 + e^-|u|)^2
-        log_jac = (np.log(hi - lo) - np.abs(u) - 2.0 * np.log1p(e)).sum(axis=-1)
-        return theta, log_jac
+        return self.transform.inverse(u, jacobian, dims)
 
     # ----------------------------------------------------------------- evaluation
     def trunk(self, X: np.ndarray) -> np.ndarray:
