@@ -202,6 +202,9 @@ def test_normal_transform_maps_the_prior_to_a_standard_normal(kind):
     np.testing.assert_allclose(T.inverse(uu)[1], num, rtol=1e-5, atol=1e-5)
     far = T.inverse(np.array([[-40.0], [40.0]]))[0][:, 0]      # Phi(u) rounds to 0 / 1: clipped to the support
     assert np.all(np.isfinite(far)) and -5.0 <= far[0] <= far[1] <= 5.0
+    import pickle                                               # worker processes receive it pickled
+
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(T)).forward(x[:10]), u[:10])
 
 
 def test_unknown_transform_is_refused():

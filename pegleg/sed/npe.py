@@ -110,8 +110,6 @@ class ParameterTransform:
         prior = dict(prior or {})
         self._dims = []
         if kind == "normal":
-            from scipy import special
-
             for (lo, hi), name in zip(self.bounds, self.names):
                 spec = dict(prior.get(name) or {"type": "uniform"})
                 t = spec.get("type", "uniform")
@@ -127,7 +125,6 @@ class ParameterTransform:
                     self._dims.append((t, a, b, (loc, sc, nu, ca, cb - ca)))
                 else:
                     raise EmulatorError(f"unknown prior type {t!r} for parameter {name!r}")
-            self._special = special
 
     @staticmethod
     def _cdf(kind, nu, x):
@@ -167,6 +164,8 @@ class ParameterTransform:
         if self.kind == "logit":
             t = np.clip((theta - lo) / (hi - lo), 1e-12, 1 - 1e-12)
             return np.log(t) - np.log1p(-t)
+        from scipy import special
+
         u = np.empty(theta.shape)
         for j, (kind, a, b, par) in enumerate(self._dims):
             v = theta[..., j]
@@ -175,7 +174,7 @@ class ParameterTransform:
             else:
                 loc, sc, nu, ca, w = par
                 c = (self._cdf(kind, nu, (v - loc) / sc) - ca) / w
-            u[..., j] = self._special.ndtri(np.clip(c, 1e-15, 1 - 1e-15))
+            u[..., j] = special.ndtri(np.clip(c, 1e-15, 1 - 1e-15))
         return u
 
     def inverse(self, u: np.ndarray, jacobian: bool = True,
@@ -195,9 +194,10 @@ class ParameterTransform:
                 return theta, None
             # t (1 - t) = e^-|u| / (1 + e^-|u|)^2
             return theta, (np.log(hi - lo) - np.abs(u) - 2.0 * np.log1p(e)).sum(axis=-1)
+        from scipy import special as sp
+
         theta = np.empty(u.shape)
         log_jac = np.zeros(u.shape[:-1]) if jacobian else None
-        sp = self._special
         for k, j in enumerate(idx):
             kind, a, b, par = self._dims[j]
             uk = u[..., k]
