@@ -10,11 +10,11 @@ circular Gaussians, every (galaxy, PSF) pair is again a Gaussian with covariance
 Pixels integrate the light: narrow Gaussians (smallest axis below
 ``EXACT_BELOW`` pixels) are integrated exactly along one axis (error functions) and with
 5-point Gauss-Legendre quadrature along the other -- the axis along which the Gaussian
-is wider, each pixel split into at least ``1.5 / sigma`` sub-intervals (a power of two) (at most
-``MAX_SUBINTERVALS``) so that the nodes resolve it: every image sums to 1 within 1e-6
-and every pixel is within 5e-5 of the exact integral for widths down to 0.02 px (one
-set of nodes per pixel, as before 2026-11-27, made unit-flux images of sub-pixel
-Gaussians sum to anything from 0.002 to 4).  Wider ones are sampled at pixel centres
+is wider, each pixel split into at least ``1.5 / sigma`` sub-intervals (a power of two,
+at most ``MAX_SUBINTERVALS``) so that the nodes resolve it.  Every image sums to 1 within
+1e-6, and pixels agree with a 201x supersampled integral within 2e-4 of the flux
+(``tests/test_deconvolve_core.py``).  One set of nodes per pixel, as before 2026-11-27,
+made unit-flux images of sub-pixel Gaussians sum to anything from 0.002 to 4.  Wider ones are sampled at pixel centres
 with the pixel's variance (1/12 px^2 per axis) added, which is accurate to < 1e-3 of
 the peak there.  Coordinates: ``y`` is the row axis, ``x`` the column axis, ``phi`` is measured
 counter-clockwise from the +x axis (image displayed with origin at the bottom left).
