@@ -164,3 +164,23 @@ def test_binned_fit_uses_recorded_covariance_factor(galaxy, emulator, network):
     w1 = np.nanmedian(np.diff(f1["av"].values[..., [0, 2]], axis=-1))
     w2 = np.nanmedian(np.diff(f2["av"].values[..., [0, 2]], axis=-1))
     assert w2 > 1.1 * w1   # measured 1.20x (the prior bounds A_V)
+
+
+def test_max_rounds_is_passed_to_the_fitter(galaxy, emulator, network):
+    """``sedfit(max_rounds=...)`` reaches the importance sampler (one round: no top-ups, so
+    more pixels stay below the ESS target and are flagged) and is recorded; bad values are
+    refused."""
+    obs, _ = galaxy
+    kw = dict(emulator=emulator, network=network, region="all", integrated=False, seed=1, n_workers=1)
+    one = obs.pegleg.sedfit(max_rounds=1, **kw)
+    four = obs.pegleg.sedfit(**kw)
+    assert one.pegleg.history[-1]["parameters"]["max_rounds"] == 1
+    assert four.pegleg.history[-1]["parameters"]["max_rounds"] == 4
+    e1, e4 = one["ess"].values, four["ess"].values
+    ok = np.isfinite(e1) & np.isfinite(e4)
+    assert np.sum(e1[ok] < 50) > np.sum(e4[ok] < 50)
+    flag1, flag4 = (one["sedfit_flag"].values & 2) > 0, (four["sedfit_flag"].values & 2) > 0
+    assert flag1.sum() > flag4.sum()
+    for bad in (0, 1.5, True):
+        with pytest.raises(SchemaError, match="max_rounds"):
+            obs.pegleg.sedfit(max_rounds=bad, **kw)
