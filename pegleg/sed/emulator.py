@@ -244,6 +244,29 @@ def _fold_biases(weights: Sequence[np.ndarray], biases: Sequence[np.ndarray], ac
     return out
 
 
+def prior_support(spec, lo: float, hi: float, name: str = "parameter"):
+    """One parameter's prior, parsed: ``(kind, a, b, loc, scale, nu)``.
+
+    ``spec`` is an entry of an emulator's ``prior`` (None: uniform; see
+    :meth:`BaseEmulator.sample_prior`), ``(lo, hi)`` the parameter's bounds; ``[a, b]`` is
+    the prior's support inside them (``uniform``: ``low``/``high``; ``student_t``: also
+    ``loc +- clip``; ``normal``: the bounds).  ``loc`` and ``scale`` are None for
+    ``uniform``, ``nu`` is None unless ``student_t``.  Unknown types raise
+    :class:`~pegleg.EmulatorError` naming ``name``.
+    """
+    spec = dict(spec or {"type": "uniform"})
+    kind = spec.get("type", "uniform")
+    if kind == "uniform":
+        return kind, max(float(spec.get("low", lo)), lo), min(float(spec.get("high", hi)), hi), None, None, None
+    if kind == "student_t":
+        loc, scale = float(spec.get("loc", 0.0)), float(spec["scale"])
+        clip = float(spec.get("clip", np.inf))
+        return kind, max(lo, loc - clip), min(hi, loc + clip), loc, scale, float(spec.get("nu", 2.0))
+    if kind == "normal":
+        return kind, lo, hi, float(spec.get("loc", 0.0)), float(spec["scale"]), None
+    raise EmulatorError(f"unknown prior type {kind!r} for parameter {name!r}")
+
+
 def _norm_filter_key(name: str) -> str:
     return str(name).strip().upper().replace("-", "_")
 
@@ -398,25 +421,14 @@ class BaseEmulator:
         rng = np.random.default_rng(seed)
         out = np.empty((n, len(self.param_names)))
         for j, name in enumerate(self.param_names):
-            lo, hi = self.bounds[j]
-            spec = dict(self.prior.get(name) or {"type": "uniform"})
-            kind = spec.get("type", "uniform")
+            kind, a, b, loc, scale, nu = prior_support(self.prior.get(name), *self.bounds[j], name)
             if kind == "uniform":
-                a = max(float(spec.get("low", lo)), lo)
-                b = min(float(spec.get("high", hi)), hi)
                 out[:, j] = rng.uniform(a, b, n)
                 continue
             if kind == "student_t":
-                loc, scale = float(spec.get("loc", 0.0)), float(spec["scale"])
-                nu, clip = float(spec.get("nu", 2.0)), float(spec.get("clip", np.inf))
-                a, b = max(lo, loc - clip), min(hi, loc + clip)
                 draw = lambda m: loc + scale * rng.standard_t(nu, m)  # noqa: E731
-            elif kind == "normal":
-                loc, scale = float(spec.get("loc", 0.0)), float(spec["scale"])
-                a, b = lo, hi
-                draw = lambda m: rng.normal(loc, scale, m)  # noqa: E731
             else:
-                raise EmulatorError(f"unknown prior type {kind!r} for parameter {name!r}")
+                draw = lambda m: rng.normal(loc, scale, m)  # noqa: E731
             if not a < b:
                 raise EmulatorError(f"prior of {name!r} has empty support inside the bounds")
             col = np.empty(n)
@@ -451,29 +463,20 @@ class BaseEmulator:
         for j, name in enumerate(names):
             if name not in self.param_names:
                 raise EmulatorError(f"unknown parameter {name!r}; parameters: {self.param_names}")
-            lo, hi = self.bounds[self.param_names.index(name)]
-            spec = dict(self.prior.get(name) or {"type": "uniform"})
-            kind = spec.get("type", "uniform")
+            kind, a, b, loc, scale, nu = prior_support(self.prior.get(name),
+                                                       *self.bounds[self.param_names.index(name)], name)
             v = x[..., j]
             if kind == "uniform":
-                a, b = max(float(spec.get("low", lo)), lo), min(float(spec.get("high", hi)), hi)
                 lp = np.full(v.shape, -np.log(b - a))
             elif kind == "student_t":
-                loc, scale = float(spec.get("loc", 0.0)), float(spec["scale"])
-                nu, clip = float(spec.get("nu", 2.0)), float(spec.get("clip", np.inf))
-                a, b = max(lo, loc - clip), min(hi, loc + clip)
                 dist = stats.t(nu, loc=loc, scale=scale)
                 norm = np.log(dist.cdf(b) - dist.cdf(a))
                 t2 = ((v - loc) / scale) ** 2
                 lp = (special.gammaln((nu + 1) / 2) - special.gammaln(nu / 2) - 0.5 * np.log(nu * np.pi)
                       - np.log(scale) - (nu + 1) / 2 * np.log1p(t2 / nu) - norm)
-            elif kind == "normal":
-                loc, scale = float(spec.get("loc", 0.0)), float(spec["scale"])
-                a, b = lo, hi
+            else:                                   # normal
                 norm = np.log(special.ndtr((b - loc) / scale) - special.ndtr((a - loc) / scale))
                 lp = -0.5 * ((v - loc) / scale) ** 2 - np.log(scale) - 0.5 * np.log(2 * np.pi) - norm
-            else:
-                raise EmulatorError(f"unknown prior type {kind!r} for parameter {name!r}")
             total = total + np.where((v >= a) & (v <= b), lp, -np.inf)
         return total
 

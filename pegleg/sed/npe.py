@@ -63,7 +63,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..exceptions import EmulatorError
-from .emulator import activation_function
+from .emulator import activation_function, prior_support
 
 __all__ = [
     "PosteriorNetwork", "GaussianMixture", "features", "load_posterior_network",
@@ -111,20 +111,12 @@ class ParameterTransform:
         self._dims = []
         if kind == "normal":
             for (lo, hi), name in zip(self.bounds, self.names):
-                spec = dict(prior.get(name) or {"type": "uniform"})
-                t = spec.get("type", "uniform")
+                t, a, b, loc, sc, nu = prior_support(prior.get(name), lo, hi, name)
                 if t == "uniform":
-                    a, b = max(float(spec.get("low", lo)), lo), min(float(spec.get("high", hi)), hi)
                     self._dims.append(("uniform", a, b, None))
-                elif t in ("student_t", "normal"):
-                    loc, sc = float(spec.get("loc", 0.0)), float(spec["scale"])
-                    clip = float(spec.get("clip", np.inf)) if t == "student_t" else np.inf
-                    a, b = max(lo, loc - clip), min(hi, loc + clip)
-                    nu = float(spec.get("nu", 2.0)) if t == "student_t" else None
+                else:
                     ca, cb = (self._cdf(t, nu, (x - loc) / sc) for x in (a, b))
                     self._dims.append((t, a, b, (loc, sc, nu, ca, cb - ca)))
-                else:
-                    raise EmulatorError(f"unknown prior type {t!r} for parameter {name!r}")
 
     @staticmethod
     def _cdf(kind, nu, x):
