@@ -594,9 +594,7 @@ def bin(ds: xr.Dataset, target_snr: float | None = None, band: str = "F444W", me
     if target < MIN_TARGET_SNR:
         raise SchemaError(f"target_snr: expected at least {MIN_TARGET_SNR:g}, got {target_snr!r}")
     if n_annuli is not None:
-        if isinstance(n_annuli, bool) or not isinstance(n_annuli, (int, np.integer)) or n_annuli < 1:
-            raise SchemaError(f"n_annuli: expected a positive integer, got {n_annuli!r}")
-        n_annuli = int(n_annuli)
+        n_annuli = S.check_positive_int(n_annuli, "n_annuli")
     use = _binning_bands(ds, band, bands)
     factors = _factors(ds, covariance_factor)
     reg, region_kind = _region(ds, region)

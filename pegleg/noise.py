@@ -61,8 +61,7 @@ def calibrate_errors(ds: xr.Dataset, *, sky=None, min_pixels: int = 50) -> xr.Da
     from .exceptions import PeglegWarning
 
     S.validate(ds)
-    if isinstance(min_pixels, (bool, np.bool_)) or not isinstance(min_pixels, (int, np.integer)) or min_pixels < 1:
-        raise SchemaError(f"min_pixels: expected a positive integer, got {min_pixels!r}")
+    S.check_positive_int(min_pixels, "min_pixels")
     ny, nx = ds.sizes[S.Y], ds.sizes[S.X]
     if sky is None:
         from scipy import ndimage

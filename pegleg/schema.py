@@ -674,6 +674,14 @@ def check_positive(value: Any, name: str, *, error: type[Exception] = SchemaErro
     return v
 
 
+def check_positive_int(value: Any, name: str, *, error: type[Exception] = SchemaError) -> int:
+    """``int(value)`` if it is an integer >= 1 (Python or numpy; not a bool), else ``error``
+    naming ``name``.  The one validator of counts and sizes (block sizes, rounds, annuli, ...)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise error(f"{name}: expected a positive integer, got {value!r}")
+    return int(value)
+
+
 def _check_pixel_scale(pixel_scale: Any) -> float:
     try:
         arr = np.atleast_1d(np.asarray(pixel_scale, dtype=float)) if np.ndim(pixel_scale) else None

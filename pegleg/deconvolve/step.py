@@ -303,9 +303,7 @@ def deconvolve(ds: xr.Dataset, bands=None, psf: Any = None, *, sky_model: str = 
     if S.IMAGE_OBSERVED in ds:
         raise S.SchemaError("this Dataset is already deconvolved (it has 'image_observed'); "
                             "deconvolve the observed Dataset instead")
-    if isinstance(n_components, (bool, np.bool_)) or not isinstance(n_components, (int, np.integer)) \
-            or n_components < 1:
-        raise FitError(f"n_components: expected a positive integer, got {n_components!r}")
+    S.check_positive_int(n_components, "n_components", error=FitError)
     S.check_positive(max_factor, "max_factor", error=FitError, what="width factor")
     all_bands = [str(b) for b in ds[S.BAND].values]
     try:

@@ -408,11 +408,9 @@ def sedfit(ds: xr.Dataset, *, redshift=None, redshift_sigma=None, method: str = 
 
     S.validate(ds)
     setup = _Setup(ds, redshift, emulator, bands, region, reference_band, binned)
-    if isinstance(block_pixels, bool) or not isinstance(block_pixels, (int, np.integer)) or block_pixels < 1:
-        raise SchemaError(f"block_pixels: expected a positive integer, got {block_pixels!r}")
-    if isinstance(max_rounds, bool) or not isinstance(max_rounds, (int, np.integer)) or max_rounds < 1:
-        raise SchemaError(f"max_rounds: expected a positive integer, got {max_rounds!r}")
-    fit_kw = dict(method=method, emulator=setup.emu, network=network, n_draws=n_draws, max_rounds=int(max_rounds),
+    block_pixels = S.check_positive_int(block_pixels, "block_pixels")
+    max_rounds = S.check_positive_int(max_rounds, "max_rounds")
+    fit_kw = dict(method=method, emulator=setup.emu, network=network, n_draws=n_draws, max_rounds=max_rounds,
                   low_ess=low_ess,
                   error_floor=error_floor,
                   emulator_sigma=emulator_sigma, mass_range=mass_range, redshift_sigma=redshift_sigma,
@@ -422,9 +420,9 @@ def sedfit(ds: xr.Dataset, *, redshift=None, redshift_sigma=None, method: str = 
                   network=str(network) if network is not None else "default", bands=setup.bands,
                   region="<array>" if not (region is None or isinstance(region, str)) else region,
                   reference_band=setup.reference_band, error_floor=error_floor, emulator_sigma=emulator_sigma,
-                  mass_range=list(mass_range), n_draws=n_draws, max_rounds=int(max_rounds), low_ess=low_ess,
+                  mass_range=list(mass_range), n_draws=n_draws, max_rounds=max_rounds, low_ess=low_ess,
                   keep_samples=keep_samples, binned=setup.binned,
-                  seed=seed, block_pixels=int(block_pixels))
+                  seed=seed, block_pixels=block_pixels)
     totals = _Totals(len(setup.bands))
     coords = _coords(setup, keep_samples)
 
@@ -441,7 +439,7 @@ def sedfit(ds: xr.Dataset, *, redshift=None, redshift_sigma=None, method: str = 
         return result
 
     ny, nx = ds.sizes[S.Y], ds.sizes[S.X]
-    rows = max(1, int(block_pixels) // max(nx, 1))
+    rows = max(1, block_pixels // max(nx, 1))
     starts = list(range(0, ny, rows))
     many = len(starts) > 1
     from .._parallel import progress_iter
