@@ -260,7 +260,7 @@ def test_importance_sampling_matches_a_brute_force_posterior(transform):
     p_m = post.sum(1)
     r = F.fit_photometry(obs, err, filters, 2.0, emulator=emu, network=net, n_draws=50000, ess_target=0,
                          error_floor=0.0, emulator_sigma=False, seed=3)
-    assert r["ess"][0] > 800
+    assert r["ess"][0] > 1000
     np.testing.assert_allclose(r["log_metallicity"][0], q(p_z, zg), atol=0.04)
     np.testing.assert_allclose(r["av"][0], q(p_a, ag), atol=0.04)
     np.testing.assert_allclose(r["log_mass_formed"][0], q(p_m, lm), atol=0.01)
