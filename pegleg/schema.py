@@ -43,6 +43,7 @@ __all__ = [
     "PIXEL_SCALE", "REDSHIFT", "WCS_ATTR", "RESOLUTION", "HISTORY", "SOURCE_ID",
     "VARIABLES", "RESOLUTIONS", "variable", "source_label", "source_region",
     "from_arrays", "validate", "fit_region", "check_flux_unit", "check_psf_array", "check_positive",
+    "check_positive_int",
     "append_history", "read_history", "set_attrs", "wcs_to_text", "wcs_from_text",
     "image_units", "PSF_CENTRE_TOLERANCE", "PSF_SUM_TOLERANCE", "MAX_ABS_VALUE", "MIN_ERROR",
     "check_labels",

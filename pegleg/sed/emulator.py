@@ -81,6 +81,7 @@ __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "activation_function",
+    "prior_support",
 ]
 
 FORMAT_NAME = "pegleg-emulator"
