@@ -1373,7 +1373,7 @@ def predict(params: Any, wavelength: Any = None, *, quantiles: Sequence[float] =
                       coords={schema.WAVELENGTH: _wave_coord(wl), schema.QUANTILE: q}, attrs=attrs)
 
 
-PREDICTED_LINES = ("Halpha", "Hbeta", "[OIII]5008", "[OII]3727", "[NII]6585", "Paalpha")
+PREDICTED_LINES = ("Halpha", "Hbeta", "[OIII]5008", "[OII]3727", "[OII]3730", "[NII]6585", "Paalpha")
 
 
 #: Variable of :func:`predict_spectrum` holding every posterior draw's spectrum (draw, wavelength);
@@ -1408,10 +1408,12 @@ def predict_spectrum(ds: xr.Dataset, region: Any = None, *, n_draws: int | None 
 
     Flux is linear in the formed mass, so each model is computed at log M = 10 and
     scaled.  Cost: pixels x draws (integrated: draws) bagpipes spectra (~300 per second
-    per core).  With ``line_fluxes_of`` (default H-alpha, H-beta, [OIII]5008, [OII]3727,
-    [NII]6585, Pa-alpha, where covered) the model's line fluxes (:func:`line_fluxes` on
-    every draw's noise-free spectrum at R = 1000; close lines are reported as blends)
-    are added as ``line_flux`` (quantile, line) in erg/s/cm2.  Every draw's spectrum is
+    per core).  With ``line_fluxes_of`` (names of :data:`pegleg.sed.sps.LINE_IDS`;
+    default H-alpha, H-beta, [OIII]5008, [OII]3727 and 3730, [NII]6585, Pa-alpha) the
+    model's own line fluxes (bagpipes' Cloudy lines after dust, summed like the spectra)
+    of the lines the wavelength grid covers are added as ``line_flux`` (quantile, line)
+    in erg/s/cm2: the rest-frame line fluxes behind the spectrum, before any instrument
+    (in bagpipes' spectrum the lines are unresolved spikes).  Every draw's spectrum is
     kept as ``flux_draws`` (draw, wavelength): :func:`compare` measures the model's line
     fluxes and ratios on each draw, so their uncertainties follow the posterior (ratios
     from the 16th/84th-percentile spectra would move both lines together).
@@ -1425,13 +1427,19 @@ def predict_spectrum(ds: xr.Dataset, region: Any = None, *, n_draws: int | None 
           else _check_wavelength(wavelength))
     im = sps.PARAM_NAMES.index("log_mass_formed")
     iz = sps.PARAM_NAMES.index("redshift")
+    line_names = [] if line_fluxes_of is None else [line_fluxes_of] if isinstance(line_fluxes_of, str) \
+        else list(line_fluxes_of)
+    unknown = [nm for nm in line_names if nm not in sps.LINE_IDS]
+    if unknown:
+        raise SchemaError(f"line_fluxes_of: unknown line(s) {unknown}; available: {sorted(sps.LINE_IDS)}")
     if method == "integrated":
         theta, attrs = _integrated_draws(ds, region, 200 if n_draws is None else int(n_draws), seed)
         n = theta.shape[0]
         unit = theta.copy()
         unit[:, im] = 10.0
         scale = 10.0 ** (theta[:, im] - 10.0)
-        total = scale[:, None] * sps.spectrum(unit, wl)
+        spec, lf = sps.spectrum(unit, wl, lines=line_names)
+        total, total_lines = scale[:, None] * spec, scale[:, None] * lf
         z = float(np.median(theta[:, iz]))
         attrs.update(n_draws=n, method="integrated")
         note = "spectrum of the region's integrated fit"
@@ -1457,8 +1465,10 @@ def predict_spectrum(ds: xr.Dataset, region: Any = None, *, n_draws: int | None 
         unit = pix.copy()
         unit[..., im] = 10.0
         total = np.zeros((n, wl.size))
+        total_lines = np.zeros((n, len(line_names)))
         for k in _parallel.progress_iter(range(n), n, progress, "predict_spectrum"):
-            total[k] = scale[:, k] @ sps.spectrum(unit[:, k, :], wl)
+            spec, lf = sps.spectrum(unit[:, k, :], wl, lines=line_names)
+            total[k], total_lines[k] = scale[:, k] @ spec, scale[:, k] @ lf
         z = float(np.median(pix[..., iz]))
         attrs = {"n_pixels": int(fitted.sum()), "n_draws": n, "method": "pixels"}
         note = "sum over the region's pixels"
@@ -1470,28 +1480,13 @@ def predict_spectrum(ds: xr.Dataset, region: Any = None, *, n_draws: int | None 
                                    {"units": units, "long_name": f"{long_name}, one posterior draw each ({note})"})},
                      coords={schema.WAVELENGTH: _wave_coord(wl), schema.QUANTILE: q},
                      attrs={schema.REDSHIFT: z, "resolution": 1000.0, **attrs})
-    if line_fluxes_of is not None:
-        # the model's emission-line fluxes, per draw (noise-free spectra at bagpipes' R = 1000)
-        names = [nm for nm in line_fluxes_of if nm in LINES]
-        # bagpipes' R = 1000, or the sampling of a coarser grid (2.5 pixels per FWHM)
-        step = np.gradient(wl)
-
-        def r_eff(lam):
-            return np.minimum(1000.0, np.asarray(lam) / (2.5 * np.interp(lam, wl, step)))
-
-        per = []
-        for k in range(n):
-            one = _spectrum_dataset(wl, total[k], np.maximum(np.abs(total[k]), 1e-30) * 1e-3 + 1e-12,
-                                    np.zeros(wl.size, bool), {"kind": "1d"})
-            try:
-                lf = line_fluxes(one, z, names, resolution=r_eff, fit_centre=False)
-            except FitError:
-                break
-            per.append(lf["line_flux"].values)
-        if per:
-            out = out.assign_coords(line=("line", lf["line"].values))
-            out["line_flux"] = ((schema.QUANTILE, "line"), np.quantile(np.array(per), q, axis=0),
-                                {"units": "erg/s/cm2", "long_name": "model emission-line flux (posterior quantiles)"})
+    # the lines whose observed wavelength the grid covers
+    cover = [j for j, nm in enumerate(line_names) if wl[0] <= LINES[nm] * (1 + z) / 1e4 <= wl[-1]]
+    if cover:
+        out = out.assign_coords(line=("line", np.array([line_names[j] for j in cover], dtype=object)))
+        out[schema.LINE_FLUX] = ((schema.QUANTILE, "line"), np.quantile(total_lines[:, cover], q, axis=0),
+                                 {"units": "erg/s/cm2",
+                                  "long_name": f"model emission-line flux, posterior quantiles ({note})"})
     return out
 
 

@@ -186,3 +186,37 @@ def test_spectrum():
     assert abs(m_spec - m) < 0.05
     with pytest.raises(EmulatorError, match="wavelength"):
         sps.spectrum(make(), wl[::-1])
+
+
+def test_spectrum_line_fluxes():
+    """``lines=``: bagpipes' own line fluxes, equal to the flux of the unresolved spikes in the
+    spectrum (excess over the neighbouring continuum, integrated in frequency; measured
+    0.2% for [OIII]5008)."""
+    from pegleg.spectrum import LINES
+
+    wl = np.exp(np.arange(np.log(1.0), np.log(2.2), 1e-3))
+    names = ["Hbeta", "[OIII]5008", "Halpha", "[OII]3727"]
+    p = np.array([make(log_u=-2.0), make(log_u=-3.0, av=1.0), make(log_mass_formed=11.0, log_u=-2.0)])
+    spec, lf = sps.spectrum(p, wl, lines=names)
+    np.testing.assert_array_equal(spec, sps.spectrum(p, wl))
+    assert lf.shape == (3, 4) and np.all(lf > 0)
+    # linear in mass; a lower ionisation parameter and more dust weaken [OIII]/Hbeta and [OIII]
+    np.testing.assert_allclose(lf[2], 10 * lf[0], rtol=1e-6)
+    assert lf[1, 1] / lf[1, 0] < 0.5 * lf[0, 1] / lf[0, 0]
+    c_hz = 2.99792458e14                                        # micron / s
+    edges = np.concatenate([[wl[0]], 0.5 * (wl[1:] + wl[:-1]), [wl[-1]]])
+    dnu = c_hz / edges[:-1] - c_hz / edges[1:]
+    # [OIII]5008 (Hbeta and Halpha sit in stellar absorption and next to [NII])
+    lam = LINES["[OIII]5008"] * 3.0 / 1e4
+    i = np.argmin(np.abs(wl - lam))
+    win = slice(i - 2, i + 3)
+    cont = np.median(np.r_[spec[0, i - 12:i - 4], spec[0, i + 5:i + 13]])
+    spike = np.sum((spec[0, win] - cont) * dnu[win]) * 1e-29       # uJy Hz -> erg/s/cm2
+    assert abs(spike / lf[0, 1] - 1) < 0.01, (spike, lf[0, 1])
+    # the [OIII] doublet's atomic ratio
+    oiii = sps.spectrum(make(), wl, lines=["[OIII]5008", "[OIII]4960"])[1]
+    assert 2.9 < oiii[0] / oiii[1] < 3.05
+    one_spec, one = sps.spectrum(make(), wl, lines="Halpha")
+    assert one_spec.shape == wl.shape and one.shape == (1,)
+    with pytest.raises(EmulatorError, match="Paalpha"):
+        sps.spectrum(make(), wl, lines=["Hdelta"])

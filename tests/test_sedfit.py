@@ -379,7 +379,7 @@ def test_single_population_gradient_galaxy(emulator, network):
 def test_binned_sedfit_paints_back(synthetic_fit, emulator, network):
     obs, truth, out = synthetic_fit
     binned = out.pegleg.bin(target_snr=30)
-    fit = binned.pegleg.sedfit(emulator=emulator, network=network, seed=1)
+    fit = binned.pegleg.sedfit(emulator=emulator, network=network, seed=1, keep_samples=4)
     assert fit.pegleg.history[-1]["parameters"]["binned"] is True
     bin_id = fit["bin_id"].values
     region = bin_id >= 0
@@ -393,6 +393,16 @@ def test_binned_sedfit_paints_back(synthetic_fit, emulator, network):
         assert np.ptp(av[sel]) == 0
     multi = [b for b in np.unique(bin_id[region]) if (bin_id == b).sum() > 1]
     assert multi
+    # posterior draws: draw k of a bin's pixels is draw k of the bin, its formed mass shared like
+    # the maps' (so sums over pixels, e.g. predict_spectrum, count each bin once)
+    smp = fit["posterior_samples"].transpose("y", "x", "sample", "param")
+    lmf = smp.sel(param="log_mass_formed").values
+    share = lmf - fit["log_mass_formed"].sel(quantile=0.5).values[..., None]
+    for b in multi[:20]:
+        sel = bin_id == b
+        assert np.ptp(share[sel], axis=0).max() < 1e-9
+        assert np.ptp(smp.sel(param="av").values[sel], axis=0).max() == 0
+        assert np.all(np.ptp(lmf[sel], axis=0) > 0)
     assert abs(fit.attrs["sedfit_log_mass_pixel_sum"][1] - truth.attrs["log_stellar_mass_total"]) < 0.15
 
 

@@ -57,7 +57,7 @@ from . import filters as _filters
 __all__ = [
     "PARAM_NAMES", "BOUNDS", "DSFR_SCALE", "DSFR_NU", "N_SFH_BINS", "T_BC_GYR",
     "photometry", "spectrum", "derived", "evaluate", "sample_prior", "sfh_bin_edges",
-    "check_params", "bagpipes_components", "versions",
+    "check_params", "bagpipes_components", "versions", "LINE_IDS",
 ]
 
 PARAM_NAMES: tuple[str, ...] = (
@@ -82,6 +82,18 @@ BOUNDS = np.array([
 BOUNDS.setflags(write=False)
 
 _IDX = {n: i for i, n in enumerate(PARAM_NAMES)}
+
+#: pegleg's emission-line names (vacuum wavelengths, :data:`pegleg.spectrum.LINES`) -> the
+#: line of bagpipes' Cloudy grid (its ``config.line_names``, air wavelengths) whose flux
+#: :func:`spectrum` returns with ``lines=``.
+LINE_IDS: dict[str, str] = {
+    "Lyalpha": "H  1  1215.67A", "[OII]3727": "O  2  3726.03A", "[OII]3730": "O  2  3728.81A",
+    "[NeIII]3870": "Ne 3  3868.76A", "Hgamma": "H  1  4340.46A", "Hbeta": "H  1  4861.32A",
+    "[OIII]4960": "O  3  4958.91A", "[OIII]5008": "O  3  5006.84A", "[NII]6550": "N  2  6548.05A",
+    "Halpha": "H  1  6562.80A", "[NII]6585": "N  2  6583.45A", "[SII]6718": "S  2  6716.44A",
+    "[SII]6733": "S  2  6730.82A", "[SIII]9071": "S  3  9068.62A", "[SIII]9533": "S  3  9530.62A",
+    "HeI10833": "Blnd  1.08302m", "Pabeta": "H  1  1.28181m", "Paalpha": "H  1  1.87510m",
+}
 _C_AA = 2.99792458e18  # speed of light, Angstrom / s
 # relative margin keeping the oldest bin edge inside bagpipes' age of the universe
 _EDGE_MARGIN = 1e-5
@@ -359,13 +371,25 @@ def photometry(params, filters) -> np.ndarray:
     return out[0] if single else out
 
 
-def spectrum(params, wavelength) -> np.ndarray:
+def spectrum(params, wavelength, *, lines=None):
     """Observed-frame flux density (uJy) of the models at ``wavelength`` (micron).
 
     ``wavelength`` must be 1-D and strictly increasing.  bagpipes resamples its model
     (R = 1000 over the requested range) onto these wavelengths, conserving flux; one
     model_galaxy is kept per wavelength grid.  Returns (N, W), or (W,) for one vector.
+
+    With ``lines`` (names of :data:`LINE_IDS`) it returns ``(spectrum, line_flux)``:
+    the same models' observed emission-line fluxes in erg/s/cm2, (N, L) or (L,) --
+    bagpipes' own Cloudy line fluxes after the birth-cloud and diffuse dust, exact (the
+    lines in the spectrum are unresolved spikes on the grid, which a fit of Gaussians
+    cannot measure).
     """
+    names = None
+    if lines is not None:
+        names = [lines] if isinstance(lines, str) else list(lines)
+        unknown = [n for n in names if n not in LINE_IDS]
+        if unknown:
+            raise EmulatorError(f"unknown line(s) {unknown}; available: {sorted(LINE_IDS)}")
     arr, single = check_params(params)
     wl = np.asarray(wavelength, dtype=float)
     if wl.ndim != 1 or wl.size < 2 or not np.all(np.isfinite(wl)) or np.any(np.diff(wl) <= 0) \
@@ -378,10 +402,16 @@ def spectrum(params, wavelength) -> np.ndarray:
     if model is None:
         model = _MODELS[key] = _Model(spec_wavs_aa=aa)
     out = np.empty((arr.shape[0], wl.size))
+    lf = np.zeros((arr.shape[0], len(names or ())))
     for i, p in enumerate(arr):
         model.update(p)
         out[i] = model.model.spectrum[:, 1]
-    return out[0] if single else out
+        if names:
+            fluxes = model.model.line_fluxes
+            lf[i] = [fluxes[LINE_IDS[n]] for n in names]
+    if names is None:
+        return out[0] if single else out
+    return (out[0], lf[0]) if single else (out, lf)
 
 
 _SFH = None

@@ -20,7 +20,8 @@ present) each bin is fitted once on its summed photometry
 ``covariance_factor`` recorded by ``bin``, if any); the
 bin's intensive results (A_V, ages, sSFR, metallicity, chi2, ...) are painted on its
 pixels and its extensive ones (masses, SFRs) shared among them in proportion to each
-pixel's flux in the reference band.
+pixel's flux in the reference band (``posterior_samples``' formed mass too, so a
+sum over pixels of draw ``k`` is draw ``k`` of the bins they cover).
 
 Per-pixel fits run by blocks of rows (``block_pixels`` pixels each).  With
 ``out="file.nc"`` every block is written to the file as soon as it is fitted and the
@@ -264,7 +265,13 @@ def _maps(ds, setup, res, src, frac, img, err, valid, reg, fit_kw) -> dict:
     data_vars[S.MODEL_IMAGE] = S.variable(S.MODEL_IMAGE, model_full, ds)
     data_vars[S.SED_RESIDUAL] = S.variable(S.SED_RESIDUAL, resid_full, ds)
     if fit_kw["n_samples"]:
-        smp = paint(res["samples"]).reshape(ny, nx, fit_kw["n_samples"], -1)
+        smp = paint(res["samples"])                                 # (pixels, sample, param)
+        if binned:
+            # each pixel's draws carry its share of the bin's formed mass (the same draw k of
+            # every pixel of a bin is one draw of the bin), so sums over pixels are the bin's
+            im = list(setup.emu.param_names).index("log_mass_formed")
+            smp[:, :, im] += shift[:, None]
+        smp = smp.reshape(ny, nx, fit_kw["n_samples"], -1)
         data_vars[S.POSTERIOR_SAMPLES] = S.variable(S.POSTERIOR_SAMPLES, smp, ds)
     return data_vars
 
