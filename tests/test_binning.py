@@ -363,9 +363,10 @@ def test_binned_errors_of_deconvolved_data():
 
 def test_voronoi_bins_of_deconvolved_data_use_exact_errors():
     """On deconvolved data bin() grows bins with the exact S/N of their sums (model errors are
-    correlated), so binned() finds them at the target.  Measured (seeds 0, 1; target 20, F444W):
-    100% of the bins within 20%, largest multi-pixel S/N 22.6 / 23.1; binning with the quadrature
-    sum of the pixel errors instead left central bins at S/N 56 / 157."""
+    correlated), so binned() finds them at the target.  Measured (seeds 0, 1; target 20, F444W;
+    16-width deconvolution): 100% of the bins within 20%, largest multi-pixel S/N 23.1 / 23.0;
+    binning with the quadrature sum of the pixel errors instead left central bins at S/N
+    65.9 / 36.4 (12 widths: 56 / 157)."""
     for seed in (0, 1):
         obs, _ = galaxy(["F150W", "F444W"], seed=seed)
         dec = obs.pegleg.deconvolve(sky_model="none", n_workers=1)
@@ -378,7 +379,7 @@ def test_voronoi_bins_of_deconvolved_data_use_exact_errors():
         quad = bin_pixels(dec.drop_vars("mgm_flux_draws"), 20, band="F444W")
         assert quad["bin_id"].attrs["exact_model_errors"] == 0
         tq = binned(quad.assign(mgm_flux_draws=dec["mgm_flux_draws"]))        # judged with the exact errors
-        assert tq["snr"].values[tq["n_pixels"].values > 1].max() > 2 * 20
+        assert tq["snr"].values[tq["n_pixels"].values > 1].max() > 1.6 * 20
 
 
 def test_correlated_noise_note():
