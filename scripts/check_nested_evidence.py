@@ -78,28 +78,11 @@ def importance(prob, net, r: int, rounds: int, rng) -> dict:
 def nested(prob, r: int, nlive: int, seed: int) -> dict:
     import dynesty
 
-    from pegleg.sed.nested import prior_transform
+    from pegleg.sed.nested import pixel_problem
 
-    emu = prob.emu
-    P, d = len(emu.param_names), len(prob.fit_idx)
-    transform = prior_transform(emu, prob.fit_names, prob.mass_range, None)
-    f, w = prob.flux[r], prob.w[r]
-
-    def theta_of(x):
-        th = np.empty(P)
-        th[prob.fit_idx] = x[:d]
-        th[prob.im] = prob.ref_mass
-        th[prob.iz] = prob.z[r]
-        return th
-
-    def loglike(x):
-        g, _ = emu.evaluate(theta_of(x)[None, :], prob.filters, strict=False)
-        if not np.all(np.isfinite(g)):
-            return -1e300
-        a = 10.0 ** (x[d] - prob.ref_mass)
-        return -0.5 * float(np.sum(w * (f - a * g[0]) ** 2))
-
-    sampler = dynesty.NestedSampler(loglike, transform, d + 1, nlive=nlive, rstate=np.random.default_rng(seed))
+    d = len(prob.fit_idx)
+    theta_of, loglike, transform, ndim = pixel_problem(prob, r)
+    sampler = dynesty.NestedSampler(loglike, transform, ndim, nlive=nlive, rstate=np.random.default_rng(seed))
     sampler.run_nested(print_progress=False, dlogz=0.1)
     res = sampler.results
     wt = np.exp(res.logwt - res.logz[-1])

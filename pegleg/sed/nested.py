@@ -14,7 +14,7 @@ from scipy import special, stats
 
 from ..exceptions import FitError
 
-__all__ = ["fit_nested", "prior_transform"]
+__all__ = ["fit_nested", "prior_transform", "pixel_problem"]
 
 
 def prior_transform(emulator, names, mass_range, z_prior=None):
@@ -53,6 +53,37 @@ def prior_transform(emulator, names, mass_range, z_prior=None):
     return transform
 
 
+def pixel_problem(prob, r: int):
+    """dynesty's pieces for pixel ``r`` of a :class:`pegleg.sed.fit._Problem`: ``theta_of(x)``
+    (the emulator parameters at the reference mass), ``loglike(x)``, the prior transform and
+    the dimension; ``x`` is (fitted parameters, log formed mass[, redshift])."""
+    emu = prob.emu
+    P = len(emu.param_names)
+    d = len(prob.fit_idx)
+    z_prior = None
+    if prob.z_sigma is not None:
+        zlo, zhi = emu.bounds[prob.iz]
+        z_prior = (prob.z[r], prob.z_sigma, zlo, zhi)
+    transform = prior_transform(emu, prob.fit_names, prob.mass_range, z_prior)
+    f, w = prob.flux[r], prob.w[r]
+
+    def theta_of(x):
+        th = np.empty(P)
+        th[prob.fit_idx] = x[:d]
+        th[prob.im] = prob.ref_mass
+        th[prob.iz] = x[d + 1] if z_prior is not None else prob.z[r]
+        return th
+
+    def loglike(x):
+        g, _ = emu.evaluate(theta_of(x)[None, :], prob.filters, strict=False)
+        if not np.all(np.isfinite(g)):
+            return -1e300
+        A = 10.0 ** (x[d] - prob.ref_mass)
+        return -0.5 * float(np.sum(w * (f - A * g[0]) ** 2))
+
+    return theta_of, loglike, transform, d + 1 + (z_prior is not None)
+
+
 def fit_nested(prob, rows, dst, nlive: int, n_samples: int, rng, out) -> None:
     """Fill ``out`` rows of a :class:`pegleg.sed.fit._Problem` by dynesty, one pixel at a time."""
     try:
@@ -62,31 +93,10 @@ def fit_nested(prob, rows, dst, nlive: int, n_samples: int, rng, out) -> None:
     from .fit import _normalise, _summaries
 
     emu = prob.emu
-    P = len(emu.param_names)
     d = len(prob.fit_idx)
     for r, o in zip(rows, dst):
-        z_prior = None
-        if prob.z_sigma is not None:
-            zlo, zhi = emu.bounds[prob.iz]
-            z_prior = (prob.z[r], prob.z_sigma, zlo, zhi)
-        transform = prior_transform(emu, prob.fit_names, prob.mass_range, z_prior)
-        ndim = d + 1 + (z_prior is not None)
+        theta_of, loglike, transform, ndim = pixel_problem(prob, r)
         f, w = prob.flux[r], prob.w[r]
-
-        def theta_of(x):
-            th = np.empty(P)
-            th[prob.fit_idx] = x[:d]
-            th[prob.im] = prob.ref_mass
-            th[prob.iz] = x[d + 1] if z_prior is not None else prob.z[r]
-            return th
-
-        def loglike(x):
-            g, _ = emu.evaluate(theta_of(x)[None, :], prob.filters, strict=False)
-            if not np.all(np.isfinite(g)):
-                return -1e300
-            A = 10.0 ** (x[d] - prob.ref_mass)
-            return -0.5 * float(np.sum(w * (f - A * g[0]) ** 2))
-
         sampler = dynesty.NestedSampler(loglike, transform, ndim, nlive=nlive,
                                         rstate=np.random.default_rng(rng.integers(2**32)))
         sampler.run_nested(print_progress=False, dlogz=0.1)
