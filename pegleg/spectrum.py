@@ -1411,9 +1411,9 @@ def predict_spectrum(ds: xr.Dataset, region: Any = None, *, n_draws: int | None 
     per core).  With ``line_fluxes_of`` (names of :data:`pegleg.sed.sps.LINE_IDS`;
     default H-alpha, H-beta, [OIII]5008, [OII]3727 and 3730, [NII]6585, Pa-alpha) the
     model's own line fluxes (bagpipes' Cloudy lines after dust, summed like the spectra)
-    of the lines the wavelength grid covers are added as ``line_flux`` (quantile, line)
-    in erg/s/cm2: the rest-frame line fluxes behind the spectrum, before any instrument
-    (in bagpipes' spectrum the lines are unresolved spikes).  Every draw's spectrum is
+    of the lines whose observed wavelength the grid covers are added as ``line_flux``
+    (quantile, line): observed fluxes in erg/s/cm2, before any instrument (in bagpipes'
+    spectrum the lines are unresolved spikes).  Every draw's spectrum is
     kept as ``flux_draws`` (draw, wavelength): :func:`compare` measures the model's line
     fluxes and ratios on each draw, so their uncertainties follow the posterior (ratios
     from the 16th/84th-percentile spectra would move both lines together).

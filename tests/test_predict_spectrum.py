@@ -98,6 +98,8 @@ def test_predict_spectrum_needs_samples(fitted):
         predict_spectrum(fit.drop_vars("posterior_samples"))
     with pytest.raises(SchemaError, match="n_draws"):
         predict_spectrum(fit, region, n_draws=999)
+    with pytest.raises(SchemaError, match="Paalpha"):               # the error lists the known lines
+        predict_spectrum(fit, region, line_fluxes_of=["Hdelta"])
 
 
 def _write_s3d(path, flux_ujy, err_ujy, wl0, dwl, scale):
