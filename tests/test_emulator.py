@@ -114,6 +114,19 @@ def test_activations_run(act):
 
 
 @pytest.mark.parametrize("act", ["gelu_tanh", "gelu", "silu", "relu", "tanh"])
+def test_activations_extreme_inputs(act):
+    """No overflow warning (pytest turns warnings into errors) and the right limits for huge
+    pre-activations: a posterior network met SiLU inputs below -88 on real data (JOF-36)."""
+    from pegleg.sed import emulator as E
+
+    x = np.array([-1e6, -500.0, -89.0, -80.0, 0.0, 80.0, 500.0], dtype=np.float32)
+    y = E._ACTIVATIONS[act](x.copy())
+    assert np.all(np.isfinite(y)), y
+    assert np.all(np.abs(y[:3]) < 1e-6) or act == "tanh", y
+    np.testing.assert_allclose(y[-1], 500.0 if act != "tanh" else 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("act", ["gelu_tanh", "gelu", "silu", "relu", "tanh"])
 def test_evaluate_folded_matches_predict(act):
     """evaluate() runs a folded network (standardisation, biases, GELU's argument scale and
     1/2, colours + reference and -0.4 (m - 23.9) moved into the weights): same fluxes and derived values as

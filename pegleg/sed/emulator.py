@@ -149,6 +149,8 @@ def _gelu_erf(x: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
 
 def _silu(x: np.ndarray, t: np.ndarray | None = None) -> np.ndarray:
     t = np.negative(x, out=t)
+    # exp overflows float32 above 88; below x = -80 SiLU is x e^x < 1e-32 either way
+    np.minimum(t, np.float32(80.0), out=t)
     np.exp(t, out=t)
     t += np.float32(1.0)
     x /= t
