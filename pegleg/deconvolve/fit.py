@@ -233,6 +233,9 @@ def fit_multigauss(image: np.ndarray, error: np.ndarray, mask: np.ndarray, psf_s
     sigma : array (K,), optional
         Component widths (pixels).  Default: :func:`sigma_grid` with ``n_components``
         widths up to ``max_factor`` times the half-light radius from the image moments.
+        With more than :data:`GEOMETRY_COMPONENTS` widths, the centre, axis ratio and
+        angle are searched with that many log-spaced widths over the same range and the
+        fluxes then solved with all of them (the search renders every width per step).
     n_components, max_factor : int, float
         The default grid (see ``sigma``).
     sky_model : {"none", "flat", "plane"}
@@ -306,7 +309,7 @@ def fit_multigauss(image: np.ndarray, error: np.ndarray, mask: np.ndarray, psf_s
     # far from the pixel-to-pixel rms (seen: 4-50x in the shared JOF stamps)
     sky_noise = (float(1.4826 * np.median(np.abs(img[skypix] - np.median(img[skypix]))))
                  if skypix.sum() >= 20 else float(np.median(err[use])))
-    prior_rows = np.zeros((0, K + nsky))
+    sky_prior_rows = np.zeros((0, nsky))          # prior rows on the sky coefficients only
     prior_b = np.zeros(0)
     if nsky and sky_prior:
         est = _sky_estimate(img, err, skypix, sky_b)
@@ -314,10 +317,11 @@ def fit_multigauss(image: np.ndarray, error: np.ndarray, mask: np.ndarray, psf_s
             mean, cov = est
             # rows R with R^T R = cov^-1, so ||R (c - mean)||^2 is the prior's chi^2
             R = np.linalg.cholesky(np.linalg.inv(cov)).T
-            prior_rows = np.hstack([np.zeros((nsky, K)), R])
+            sky_prior_rows = R
             prior_b = R @ mean
     b = np.concatenate([b, prior_b])
-    lb = np.concatenate([np.zeros(K), np.full(nsky, -np.inf)])
+    lb_sky = np.full(nsky, -np.inf)
+    lb = np.concatenate([np.zeros(K), lb_sky])
     ub = np.full(K + nsky, np.inf)
 
     pix = PixelPSF(psf_image, shape) if psf_image is not None else None
@@ -332,11 +336,11 @@ def fit_multigauss(image: np.ndarray, error: np.ndarray, mask: np.ndarray, psf_s
             comps = component_images(shape, (x[0], x[1]), sig, x[2], x[3], psf_sigma, psf_weight)
         A = comps.reshape(k, -1)[:, use.ravel()].T * wflat[:, None]
         A = np.hstack([A, sky_cols]) if nsky else A
-        return np.vstack([A, np.hstack([np.zeros((prior_rows.shape[0], k)), prior_rows[:, K:]])])
+        return np.vstack([A, np.hstack([np.zeros((sky_prior_rows.shape[0], k)), sky_prior_rows])])
 
     def solve(x, sig=sigma):
         A = design(x, sig)
-        return A, bounded_lstsq(A, b, lb[K - sig.size:], ub[K - sig.size:])
+        return A, bounded_lstsq(A, b, np.concatenate([np.zeros(sig.size), lb_sky]), np.inf)
 
     # the geometry (centre, q, angle) is fitted with at most GEOMETRY_COMPONENTS widths over
     # the same range (it costs one rendering per width and evaluation), the fluxes with all
