@@ -1427,11 +1427,8 @@ def predict_spectrum(ds: xr.Dataset, region: Any = None, *, n_draws: int | None 
           else _check_wavelength(wavelength))
     im = sps.PARAM_NAMES.index("log_mass_formed")
     iz = sps.PARAM_NAMES.index("redshift")
-    line_names = [] if line_fluxes_of is None else [line_fluxes_of] if isinstance(line_fluxes_of, str) \
-        else list(line_fluxes_of)
-    unknown = [nm for nm in line_names if nm not in sps.LINE_IDS]
-    if unknown:
-        raise SchemaError(f"line_fluxes_of: unknown line(s) {unknown}; available: {sorted(sps.LINE_IDS)}")
+    line_names = [] if line_fluxes_of is None else sps.check_lines(line_fluxes_of, error=SchemaError,
+                                                                  what="line_fluxes_of")
     if method == "integrated":
         theta, attrs = _integrated_draws(ds, region, 200 if n_draws is None else int(n_draws), seed)
         n = theta.shape[0]

@@ -57,7 +57,7 @@ from . import filters as _filters
 __all__ = [
     "PARAM_NAMES", "BOUNDS", "DSFR_SCALE", "DSFR_NU", "N_SFH_BINS", "T_BC_GYR",
     "photometry", "spectrum", "derived", "evaluate", "sample_prior", "sfh_bin_edges",
-    "check_params", "bagpipes_components", "versions", "LINE_IDS",
+    "check_params", "bagpipes_components", "versions", "LINE_IDS", "check_lines",
 ]
 
 PARAM_NAMES: tuple[str, ...] = (
@@ -371,6 +371,16 @@ def photometry(params, filters) -> np.ndarray:
     return out[0] if single else out
 
 
+def check_lines(lines, *, error: type[Exception] = EmulatorError, what: str = "lines") -> list[str]:
+    """``lines`` (one name or a sequence of names of :data:`LINE_IDS`) as a list; an unknown
+    name raises ``error`` naming ``what`` and listing the available lines."""
+    names = [lines] if isinstance(lines, str) else list(lines)
+    unknown = [n for n in names if n not in LINE_IDS]
+    if unknown:
+        raise error(f"{what}: unknown line(s) {unknown}; available: {sorted(LINE_IDS)}")
+    return names
+
+
 def spectrum(params, wavelength, *, lines=None):
     """Observed-frame flux density (uJy) of the models at ``wavelength`` (micron).
 
@@ -384,12 +394,7 @@ def spectrum(params, wavelength, *, lines=None):
     lines in the spectrum are unresolved spikes on the grid, which a fit of Gaussians
     cannot measure).
     """
-    names = None
-    if lines is not None:
-        names = [lines] if isinstance(lines, str) else list(lines)
-        unknown = [n for n in names if n not in LINE_IDS]
-        if unknown:
-            raise EmulatorError(f"unknown line(s) {unknown}; available: {sorted(LINE_IDS)}")
+    names = None if lines is None else check_lines(lines)
     arr, single = check_params(params)
     wl = np.asarray(wavelength, dtype=float)
     if wl.ndim != 1 or wl.size < 2 or not np.all(np.isfinite(wl)) or np.any(np.diff(wl) <= 0) \
