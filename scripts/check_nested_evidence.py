@@ -42,10 +42,11 @@ OUT = ROOT / "docs" / "_generated" / "nested_evidence.txt"
 QUANTITIES = ("log_stellar_mass", "log_sfr100")
 
 
-def _weighted_median(x: np.ndarray, w: np.ndarray) -> float:
-    o = np.argsort(x)
-    cw = np.cumsum(w[o])
-    return float(x[o][np.searchsorted(cw, 0.5 * cw[-1])])
+def _weighted_median(x: np.ndarray, log_w: np.ndarray) -> float:
+    """The fitter's own weighted quantile (:func:`pegleg.sed.fit.weighted_quantiles`)."""
+    from pegleg.sed.fit import weighted_quantiles
+
+    return float(weighted_quantiles(x[None], log_w[None], (0.5,))[0, 0])
 
 
 def _derived(prob, theta, log10a) -> dict:
@@ -57,7 +58,7 @@ def _derived(prob, theta, log10a) -> dict:
 def importance(prob, net, r: int, rounds: int, rng) -> dict:
     from scipy.special import logsumexp
 
-    from pegleg.sed.fit import _check_network, _importance_round
+    from pegleg.sed.fit import _check_network, _importance_round, _normalise
 
     idx = _check_network(net, prob)
     rows = np.array([r])
@@ -68,10 +69,10 @@ def importance(prob, net, r: int, rounds: int, rng) -> dict:
         for q in QUANTITIES:
             vals[q].append(rd["der"][q][0] + rd["log10A"][0])
     lw = np.concatenate(lw)
-    w = np.exp(lw - logsumexp(lw))
-    out = {"logz": float(logsumexp(lw) - np.log(lw.size)), "ess": float(1.0 / np.sum(w ** 2)), "n": int(lw.size)}
+    _, ess = _normalise(lw[None])
+    out = {"logz": float(logsumexp(lw) - np.log(lw.size)), "ess": float(ess[0]), "n": int(lw.size)}
     for q in QUANTITIES:
-        out[q] = _weighted_median(np.concatenate(vals[q]), w)
+        out[q] = _weighted_median(np.concatenate(vals[q]), lw)
     return out
 
 
@@ -85,12 +86,11 @@ def nested(prob, r: int, nlive: int, seed: int) -> dict:
     sampler = dynesty.NestedSampler(loglike, transform, ndim, nlive=nlive, rstate=np.random.default_rng(seed))
     sampler.run_nested(print_progress=False, dlogz=0.1)
     res = sampler.results
-    wt = np.exp(res.logwt - res.logz[-1])
     theta = np.array([theta_of(x) for x in res.samples])
     vals = _derived(prob, theta, res.samples[:, d] - prob.ref_mass)
-    out = {"logz": float(res.logz[-1]), "logz_err": float(res.logzerr[-1]), "n": int(len(wt))}
+    out = {"logz": float(res.logz[-1]), "logz_err": float(res.logzerr[-1]), "n": int(len(res.logwt))}
     for q in QUANTITIES:
-        out[q] = _weighted_median(vals[q], wt)
+        out[q] = _weighted_median(vals[q], res.logwt - res.logz[-1])
     return out
 
 
