@@ -95,7 +95,11 @@ def main(argv=None) -> int:
 
     z = params[:, list(emu.param_names).index("redshift")]
     iref = filters.index("F444W")
-    print(f"emulator {args.emulator!r}: {len(filters)} filters, {args.n} fresh prior draws (seed {args.seed})")
+    tr = getattr(emu, "metadata", {}).get("training", {})
+    kind = type(emu).__name__
+    shape = f"{tr['depth']}x{tr['width']} " if "depth" in tr and "width" in tr else ""
+    print(f"emulator {args.emulator!r} ({kind}, {shape}{getattr(emu, 'activation', '')} network; training provenance "
+          f"in its metadata): {len(filters)} filters, {args.n} fresh prior draws (seed {args.seed})")
     print(f"{'filter':8s} {'n_red':>6s} {'med|dm|':>8s} {'p99|dm|':>8s} {'n_det':>6s} {'med_det':>8s} "
           f"{'p99_det':>8s} {'n_blue':>6s} {'p99|df|/f444':>12s}")
     worst_med = worst_p99 = worst_blue = worst_dmed = worst_dp99 = 0.0

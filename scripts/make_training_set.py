@@ -12,6 +12,13 @@ are split into chunks of ``--chunk`` models; each chunk is written as
   ``log_sfr100``, ``log_sfr10``, ``log_age_mw``, ``av``), listed in ``derived_names``;
 * ``index`` (n,) row numbers in the full draw.
 
+With ``--bins`` it writes the training set of the SFH-bin emulator instead
+(:func:`pegleg.sed.sps.bin_photometry`): a scrambled Sobol sequence over redshift,
+metallicity, A_V, delta, eta and log U (uniform within the bounds; ``log_mass_formed``
+= 10 and ``dsfr*`` = 0 play no role), and per chunk ``bin_flux`` (n, 7, F) -- uJy
+per solar mass formed in each bin alone -- and ``surviving`` (n, 7), the surviving
+fraction of each bin.  Every model costs seven bagpipes updates.
+
 Chunks are written atomically (temporary file + rename) and complete chunks are skipped,
 so an interrupted run resumes where it stopped.  Chunks run in worker processes (all
 cores by default), each with its own bagpipes model.  ``provenance.json`` records the
@@ -42,30 +49,58 @@ def _chunk_path(out: Path, i: int) -> Path:
     return out / f"chunk_{i:05d}.npz"
 
 
-def _is_complete(path: Path, n_rows: int, n_filters: int) -> bool:
+def _is_complete(path: Path, n_rows: int, n_filters: int, bins: bool = False) -> bool:
     if not path.is_file():
         return False
     try:
         with np.load(path) as z:
+            if bins:
+                return z["bin_flux"].shape[::2] == (n_rows, n_filters)
             return z["params"].shape[0] == n_rows and z["mags"].shape == (n_rows, n_filters)
     except Exception:
         return False
+
+
+#: parameters the SFH-bin templates depend on (the others are set to 0)
+BIN_INPUTS = ("redshift", "log_metallicity", "av", "delta", "eta", "log_u")
+
+
+def bin_design(n_total: int, seed: int) -> np.ndarray:
+    """The (n, P) parameter vectors of the SFH-bin training set: scrambled Sobol points
+    over :data:`BIN_INPUTS` within the bounds; log_mass_formed 10 and dsfr 0 (unused)."""
+    from scipy.stats import qmc
+
+    from pegleg.sed import sps
+
+    u = qmc.Sobol(d=len(BIN_INPUTS), scramble=True, seed=seed).random(n_total)
+    params = np.zeros((n_total, len(sps.PARAM_NAMES)))
+    params[:, sps.PARAM_NAMES.index("log_mass_formed")] = 10.0
+    for j, name in enumerate(BIN_INPUTS):
+        i = sps.PARAM_NAMES.index(name)
+        lo, hi = sps.BOUNDS[i]
+        params[:, i] = lo + (hi - lo) * u[:, j]
+    return params
 
 
 def _run_chunk(job):
     """Compute and atomically write one chunk (runs in a worker process)."""
     from pegleg.sed import sps
 
-    out, i, start, stop, seed, n_total, filters = job
-    params = sps.sample_prior(n_total, seed=seed)[start:stop]
-    mags, der = sps.evaluate(params, filters)
+    out, i, start, stop, seed, n_total, filters, bins = job
+    if bins:
+        params = bin_design(n_total, seed)[start:stop]
+        flux, surv = sps.bin_photometry(params, filters)
+        arrays = {"bin_flux": flux, "surviving": surv}
+    else:
+        params = sps.sample_prior(n_total, seed=seed)[start:stop]
+        mags, der = sps.evaluate(params, filters)
+        arrays = dict(mags=mags, derived_names=np.array(list(der)), **der)
     path = _chunk_path(Path(out), i)
     fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{path.stem}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, params=params, mags=mags, index=np.arange(start, stop),
-                     param_names=np.array(sps.PARAM_NAMES), filters=np.array(filters),
-                     derived_names=np.array(list(der)), **der)
+            np.savez(fh, params=params, index=np.arange(start, stop),
+                     param_names=np.array(sps.PARAM_NAMES), filters=np.array(filters), **arrays)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -84,6 +119,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     ap.add_argument("--filters", nargs="+", default=None,
                     help="pegleg filter names (default: every filter with a sedpy curve)")
+    ap.add_argument("--bins", action="store_true",
+                    help="write the SFH-bin (template) training set instead of prior draws")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
 
@@ -99,7 +136,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     settings = {
-        "n": args.n, "chunk": args.chunk, "seed": args.seed,
+        "n": args.n, "chunk": args.chunk, "seed": args.seed, "bins": bool(args.bins),
         "param_names": list(sps.PARAM_NAMES), "bounds": sps.BOUNDS.tolist(),
         "filters": list(filters),
         "sedpy_curves": [sfilters.sedpy_name(f) for f in filters],
@@ -144,9 +181,9 @@ def main(argv=None) -> int:
     jobs = []
     for i in range(n_chunks):
         start, stop = i * args.chunk, min(args.n, (i + 1) * args.chunk)
-        if _is_complete(_chunk_path(out, i), stop - start, len(filters)):
+        if _is_complete(_chunk_path(out, i), stop - start, len(filters), args.bins):
             continue
-        jobs.append((str(out), i, start, stop, args.seed, args.n, filters))
+        jobs.append((str(out), i, start, stop, args.seed, args.n, filters, args.bins))
     print(f"{n_chunks - len(jobs)} of {n_chunks} chunks already complete; "
           f"computing {len(jobs)} with {args.workers or default_workers(len(jobs) or 1)} "
           f"process(es)", file=sys.stderr)

@@ -18,10 +18,11 @@ from .emulator import BaseEmulator, MLPEmulator, load_emulator, save_emulator
 from .fit import fit_photometry
 from .npe import PosteriorNetwork, load_posterior_network, save_posterior_network
 from .photoz import photo_z
+from .sfh_emulator import SFHBinEmulator
 from .simulate import simulate_photometry
 from .step import sedfit
 
-__all__ = ["sps", "filters", "load_emulator", "save_emulator", "BaseEmulator", "MLPEmulator",
+__all__ = ["sps", "filters", "load_emulator", "save_emulator", "BaseEmulator", "MLPEmulator", "SFHBinEmulator",
            "fit_photometry", "photo_z", "sedfit", "simulate_photometry", "PosteriorNetwork",
            "load_posterior_network", "save_posterior_network"]
 

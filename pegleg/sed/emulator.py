@@ -247,6 +247,58 @@ def _fold_biases(weights: Sequence[np.ndarray], biases: Sequence[np.ndarray], ac
     return out
 
 
+def _fold_inputs(net):
+    """float64 copies of ``net``'s layers with the input standardisation folded into the
+    first layer and, for ``gelu_tanh``, the activation's scale folded into every layer
+    (:func:`_gelu_tanh_scaled`).  Returns (weights, biases, activation, scaled); the last
+    layer still outputs standardised values."""
+    f64 = np.float64
+    Ws = [w.astype(f64) for w in net.weights]
+    bs = [b.astype(f64) for b in net.biases]
+    inv = 1.0 / net.x_std.astype(f64)
+    bs[0] = bs[0] - (net.x_mean.astype(f64) * inv) @ Ws[0]
+    Ws[0] = Ws[0] * inv[:, None]
+    scaled = net.activation == "gelu_tanh"
+    if scaled:
+        for i in range(len(Ws) - 1):
+            Ws[i], bs[i] = Ws[i] / _GELU_SCALE, bs[i] / _GELU_SCALE
+            Ws[i + 1] = Ws[i + 1] * (0.5 * _GELU_SCALE)
+    return Ws, bs, (_gelu_tanh_scaled if scaled else net._act), scaled
+
+
+def _store_network(emu, weights, biases, x_mean, x_std, y_mean, y_std, activation) -> None:
+    """Set an emulator's float32 network arrays and activation (shared by the MLP kinds)."""
+    f32 = np.float32
+    emu.weights = [np.ascontiguousarray(w, dtype=f32) for w in weights]
+    emu.biases = [np.ascontiguousarray(b, dtype=f32) for b in biases]
+    emu.x_mean = np.ascontiguousarray(x_mean, dtype=f32)
+    emu.x_std = np.ascontiguousarray(x_std, dtype=f32)
+    emu.y_mean = np.ascontiguousarray(y_mean, dtype=f32)
+    emu.y_std = np.ascontiguousarray(y_std, dtype=f32)
+    emu.activation = str(activation)
+    emu._act = activation_function(emu.activation)
+
+
+def _network_arrays(emu) -> dict[str, np.ndarray]:
+    """The network arrays of the file format: ``W*``, ``b*``, normalisations, ``sigma``."""
+    arrs = {}
+    for i, (w, b) in enumerate(zip(emu.weights, emu.biases)):
+        arrs[f"W{i}"] = w
+        arrs[f"b{i}"] = b
+    arrs.update(x_mean=emu.x_mean, x_std=emu.x_std, y_mean=emu.y_mean,
+                y_std=emu.y_std, sigma=emu.sigma.astype(np.float32))
+    return arrs
+
+
+def _finish(flux, result: dict, n: int, single: bool):
+    """``evaluate``'s return value: NaN for derived quantities not provided, 1-d for one vector."""
+    for k in DERIVED_NAMES:
+        result.setdefault(k, np.full(n, np.nan))
+    if single:
+        return flux[0], {k: v[0] for k, v in result.items()}
+    return flux, result
+
+
 def prior_support(spec, lo: float, hi: float, name: str = "parameter"):
     """One parameter's prior, parsed: ``(kind, a, b, loc, scale, nu)``.
 
@@ -355,7 +407,7 @@ class BaseEmulator:
             row = int(np.flatnonzero(~valid)[0])
             col = int(np.flatnonzero(~ok[row])[0])
             raise EmulatorError(
-                f"parameter {self.param_names[col]!r} = {theta[row, col]!r} (row {row}) is "
+                f"parameter {self.param_names[col]!r} = {float(theta[row, col])!r} (row {row}) is "
                 f"outside the emulator's bounds [{lo[col]}, {hi[col]}]; pass strict=False to "
                 f"get NaN for such rows")
         return theta, valid, single
@@ -523,15 +575,8 @@ class MLPEmulator(BaseEmulator):
         self.metadata = meta
         self._init_common(meta["param_names"], meta["bounds"], meta["filters"], sigma,
                           meta["prior"])
+        _store_network(self, weights, biases, x_mean, x_std, y_mean, y_std, meta["activation"])
         f32 = np.float32
-        self.weights = [np.ascontiguousarray(w, dtype=f32) for w in weights]
-        self.biases = [np.ascontiguousarray(b, dtype=f32) for b in biases]
-        self.x_mean = np.ascontiguousarray(x_mean, dtype=f32)
-        self.x_std = np.ascontiguousarray(x_std, dtype=f32)
-        self.y_mean = np.ascontiguousarray(y_mean, dtype=f32)
-        self.y_std = np.ascontiguousarray(y_std, dtype=f32)
-        self.activation = str(meta["activation"])
-        self._act = activation_function(self.activation)
         self.reference_filter = str(meta["reference_filter"])
         self.reference_log_mass = float(meta["reference_log_mass"])
         self.outputs = tuple(str(o) for o in meta["outputs"])
@@ -638,20 +683,10 @@ class MLPEmulator(BaseEmulator):
         key = tuple(int(i) for i in fidx)
         cache = self.__dict__.setdefault("_slice_cache", {})
         if key not in cache:
-            f64 = np.float64
-            Ws = [w.astype(f64) for w in self.weights]
-            bs = [b.astype(f64) for b in self.biases]
-            inv = 1.0 / self.x_std.astype(f64)
-            bs[0] = bs[0] - (self.x_mean.astype(f64) * inv) @ Ws[0]
-            Ws[0] = Ws[0] * inv[:, None]
-            scaled = self.activation == "gelu_tanh"
-            if scaled:
-                for i in range(len(Ws) - 1):
-                    Ws[i], bs[i] = Ws[i] / _GELU_SCALE, bs[i] / _GELU_SCALE
-                    Ws[i + 1] = Ws[i + 1] * (0.5 * _GELU_SCALE)
+            Ws, bs, act, scaled = _fold_inputs(self)
             # de-standardised last layer: y = h @ A + c
-            A = Ws[-1] * self.y_std.astype(f64)
-            c = bs[-1] * self.y_std.astype(f64) + self.y_mean.astype(f64)
+            A = Ws[-1] * self.y_std.astype(np.float64)
+            c = bs[-1] * self.y_std.astype(np.float64) + self.y_mean.astype(np.float64)
             cc = self._color_col[fidx]
             ref_A, ref_c = A[:, self._ref_col], c[self._ref_col]
             mag_A = np.stack([ref_A + (A[:, k] if k >= 0 else 0.0) for k in cc], axis=1)
@@ -663,7 +698,6 @@ class MLPEmulator(BaseEmulator):
             b_last = np.concatenate([k_ln * (mag_c - 23.9), c[[k for _, k in dcols]]])
             Ws[-1], bs[-1] = W_last, b_last
             derived = {name: (len(fidx) + j, name in self.mass_scaled_outputs) for j, (name, _) in enumerate(dcols)}
-            act = _gelu_tanh_scaled if scaled else self._act
             cache[key] = (_fold_biases(Ws, bs, act), act, derived)
         return cache[key]
 
@@ -700,22 +734,12 @@ class MLPEmulator(BaseEmulator):
                     result[name] = v
                 else:
                     result[name][valid] = v
-        for k in DERIVED_NAMES:
-            result.setdefault(k, np.full(n, np.nan))
-        if single:
-            return flux[0], {k: v[0] for k, v in result.items()}
-        return flux, result
+        return _finish(flux, result, n, single)
 
     # ----------------------------------------------------------------- I/O
     def arrays(self) -> dict[str, np.ndarray]:
         """The float32 arrays of the file format (without ``metadata``)."""
-        arrs = {}
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            arrs[f"W{i}"] = w
-            arrs[f"b{i}"] = b
-        arrs.update(x_mean=self.x_mean, x_std=self.x_std, y_mean=self.y_mean,
-                    y_std=self.y_std, sigma=self.sigma.astype(np.float32))
-        return arrs
+        return _network_arrays(self)
 
 
 # --------------------------------------------------------------------------- I/O
@@ -731,20 +755,28 @@ def _jsonable(obj):
     return obj
 
 
-def save_emulator(emu: MLPEmulator, path) -> Path:
-    """Write ``emu`` to ``path`` (``.npz``, pickle-free; atomic replace).  Returns the path."""
-    if not isinstance(emu, MLPEmulator):
+def save_emulator(emu: BaseEmulator, path) -> Path:
+    """Write ``emu`` (an :class:`MLPEmulator` or a
+    :class:`~pegleg.sed.sfh_emulator.SFHBinEmulator`) to ``path`` (``.npz``, pickle-free;
+    atomic replace).  Returns the path."""
+    from .sfh_emulator import SFHBinEmulator
+
+    if not isinstance(emu, (MLPEmulator, SFHBinEmulator)):
         raise EmulatorError(
-            f"only MLPEmulator can be saved in pegleg's format, got {type(emu).__name__}")
+            f"only MLPEmulator and SFHBinEmulator can be saved in pegleg's format, got "
+            f"{type(emu).__name__}")
     path = Path(path)
     if path.suffix != ".npz":
         path = path.with_name(path.name + ".npz")
-    meta = dict(emu.metadata)
-    meta.update(format=FORMAT_NAME, version=FORMAT_VERSION, param_names=list(emu.param_names),
-                bounds=emu.bounds.tolist(), prior=emu.prior, filters=list(emu.filters),
-                reference_filter=emu.reference_filter,
-                reference_log_mass=emu.reference_log_mass, outputs=list(emu.outputs),
-                activation=emu.activation, mass_scaled_outputs=list(emu.mass_scaled_outputs))
+    if isinstance(emu, SFHBinEmulator):
+        meta = emu.file_metadata()
+    else:
+        meta = dict(emu.metadata)
+        meta.update(format=FORMAT_NAME, version=FORMAT_VERSION, param_names=list(emu.param_names),
+                    bounds=emu.bounds.tolist(), prior=emu.prior, filters=list(emu.filters),
+                    reference_filter=emu.reference_filter,
+                    reference_log_mass=emu.reference_log_mass, outputs=list(emu.outputs),
+                    activation=emu.activation, mass_scaled_outputs=list(emu.mass_scaled_outputs))
     text = json.dumps(_jsonable(meta), sort_keys=True)
     arrays = emu.arrays()
     arrays["metadata"] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
@@ -758,7 +790,7 @@ def save_emulator(emu: MLPEmulator, path) -> Path:
     return atomic_write(path, _write)
 
 
-def _read_npz(path: Path) -> MLPEmulator:
+def _read_npz(path: Path) -> BaseEmulator:
     where = f"emulator file {str(path)!r}"
     try:
         fh = open(path, "rb")
@@ -798,18 +830,26 @@ def _read_npz(path: Path) -> MLPEmulator:
     if meta.get("format") != FORMAT_NAME:
         raise EmulatorError(
             f"{where}: format is {meta.get('format')!r}, expected {FORMAT_NAME!r}")
-    if meta.get("version") != FORMAT_VERSION:
+    from . import sfh_emulator
+
+    version = meta.get("version")
+    if version not in (FORMAT_VERSION, sfh_emulator.VERSION):
         raise EmulatorError(
-            f"{where}: format version {meta.get('version')!r} is not supported "
-            f"(this pegleg reads version {FORMAT_VERSION})")
-    missing = [k for k in _REQUIRED_META if k not in meta]
+            f"{where}: format version {version!r} is not supported "
+            f"(this pegleg reads versions {FORMAT_VERSION} and {sfh_emulator.VERSION})")
+    if version == sfh_emulator.VERSION and meta.get("kind") != sfh_emulator.KIND:
+        raise EmulatorError(f"{where}: version {version} files must have kind "
+                            f"{sfh_emulator.KIND!r}, got {meta.get('kind')!r}")
+    required = _REQUIRED_META if version == FORMAT_VERSION else sfh_emulator._REQUIRED
+    missing = [k for k in required if k not in meta]
     if missing:
         raise EmulatorError(f"{where}: metadata is missing keys {missing}")
     n_layers = 0
     while f"W{n_layers}" in arrays or f"b{n_layers}" in arrays:
         n_layers += 1
     need = [f"{c}{i}" for i in range(n_layers) for c in "Wb"] + \
-        ["x_mean", "x_std", "y_mean", "y_std", "sigma"]
+        ["x_mean", "x_std", "y_mean", "y_std", "sigma"] + \
+        (list(sfh_emulator.TABLES) if version == sfh_emulator.VERSION else [])
     absent = [k for k in need if k not in arrays]
     if n_layers == 0:
         absent.insert(0, "W0")
@@ -818,11 +858,13 @@ def _read_npz(path: Path) -> MLPEmulator:
     for k in need:
         if not np.issubdtype(arrays[k].dtype, np.floating):
             raise EmulatorError(f"{where}: array {k!r} has dtype {arrays[k].dtype}, expected float32")
+    layers = ([arrays[f"W{i}"] for i in range(n_layers)], [arrays[f"b{i}"] for i in range(n_layers)],
+              arrays["x_mean"], arrays["x_std"], arrays["y_mean"], arrays["y_std"], arrays["sigma"])
     try:
-        return MLPEmulator(
-            [arrays[f"W{i}"] for i in range(n_layers)], [arrays[f"b{i}"] for i in range(n_layers)],
-            arrays["x_mean"], arrays["x_std"], arrays["y_mean"], arrays["y_std"],
-            arrays["sigma"], meta, name=str(path))
+        if version == sfh_emulator.VERSION:
+            return sfh_emulator.SFHBinEmulator(*layers, {k: arrays[k] for k in sfh_emulator.TABLES},
+                                               meta, name=str(path))
+        return MLPEmulator(*layers, meta, name=str(path))
     except EmulatorError as exc:
         raise EmulatorError(f"{where}: {exc}") from None
     except (ValueError, TypeError, KeyError) as exc:

@@ -1,0 +1,268 @@
+"""The SFH-bin emulator: a network per star-formation-history bin, combined exactly.
+
+bagpipes' photometry is linear in the star-formation history
+(:func:`pegleg.sed.sps.bin_photometry`): a model whose 7 continuity bins formed masses
+``m_k`` has flux ``F_f = sum_k m_k F_kf``, where ``F_kf`` is the flux in filter ``f`` of
+one solar mass formed at constant rate in bin ``k`` alone.  ``F_kf`` depends only on
+redshift, metallicity, A_V, delta, eta and log U -- six smooth inputs -- while the SFH's
+six heavy-tailed ``dsfr`` parameters (the origin of the worst errors of a network fed all
+twelve parameters: rising histories whose young stars and emission lines dominate) only
+enter through the masses ``m_k``, which :class:`pegleg.sed.sfh.BinGrid` computes exactly
+as bagpipes does.  So the network learns the per-bin photometry and pegleg adds it up:
+
+    r_kf = network(z, Z, A_V, delta, eta, log U)             # per-bin magnitude residual
+    F_kf = T_f(z) 10**(-0.4 (r_kf + DM(z) - 23.9))            # uJy per solar mass formed
+    F_f  = sum_k m_k(dsfr, z, M_formed) F_kf
+
+``DM(z)`` is the distance modulus (``5 log10(d_L / 10 pc) - 2.5 log10(1 + z)``) and
+``T_f(z)`` the band's IGM transmission for a flat-f_nu source
+(:func:`pegleg.sed.sps.igm_band_transmission`), both tabulated in the file and
+interpolated linearly (in ``ln z`` for ``DM``), so the network sees neither the
+distance nor the Lyman-alpha-forest and Lyman-limit cliffs.  Per-bin surviving mass
+fractions are network outputs too; formed masses, SFR over 10 and 100 Myr and the
+mass-weighted age are exact.
+
+File format: the ``"pegleg-emulator"`` ``.npz`` of :mod:`pegleg.sed.emulator`, version
+2, ``kind = "sfh_bins"``; arrays ``W*``, ``b*``, ``x_mean``, ``x_std`` (over the
+metadata list ``inputs``), ``y_mean``, ``y_std`` (``7 F + 7`` outputs: ``r_kf`` at column
+``k F + f``, then the 7 log10 surviving fractions), ``sigma``, ``sfh_ages``,
+``sfh_widths``, ``sfh_z``, ``sfh_age_gyr`` (:class:`~pegleg.sed.sfh.BinGrid`),
+``igm_z`` (Z,), ``igm_trans`` (Z, F), ``dm_lnz``, ``dm``; metadata as version 1 plus
+``inputs`` and ``dsfr_names`` (youngest first) and without ``reference_filter``,
+``reference_log_mass`` and ``outputs``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..exceptions import EmulatorError
+from . import emulator as _emu
+from .sfh import N_BINS, BinGrid
+
+__all__ = ["SFHBinEmulator", "KIND", "VERSION", "TABLES"]
+
+KIND = "sfh_bins"
+VERSION = 2
+#: arrays besides the network that the file must hold
+TABLES = ("sfh_ages", "sfh_widths", "sfh_z", "sfh_age_gyr", "igm_z", "igm_trans", "dm_lnz", "dm")
+_REQUIRED = ("param_names", "bounds", "prior", "filters", "activation", "inputs", "dsfr_names",
+             "training", "accuracy")
+_K_LN = -0.4 * np.log(10.0)
+
+
+class SFHBinEmulator(_emu.BaseEmulator):
+    """pegleg's default SED emulator (see the module docstring).
+
+    Parameters
+    ----------
+    weights, biases, x_mean, x_std, y_mean, y_std
+        The network, as :class:`~pegleg.sed.emulator.MLPEmulator` (inputs: ``metadata
+        ["inputs"]``).
+    sigma : (F,) emulator uncertainty per filter (mag).
+    tables : mapping with the arrays :data:`TABLES`.
+    metadata : dict (see the module docstring).
+    """
+
+    chunk_size = 1024
+    block_size = 4096
+
+    def __init__(self, weights, biases, x_mean, x_std, y_mean, y_std, sigma,
+                 tables: Mapping[str, np.ndarray], metadata: Mapping[str, Any], *, name: str = "emulator"):
+        meta = dict(metadata)
+        meta.setdefault("format", _emu.FORMAT_NAME)
+        meta.setdefault("version", VERSION)
+        meta.setdefault("kind", KIND)
+        meta.setdefault("prior", {})
+        meta.setdefault("training", {})
+        meta.setdefault("accuracy", {})
+        missing = [k for k in _REQUIRED if k not in meta]
+        if missing:
+            raise EmulatorError(f"emulator metadata is missing keys {missing}")
+        self.name = name
+        self.metadata = meta
+        self._init_common(meta["param_names"], meta["bounds"], meta["filters"], sigma, meta["prior"])
+        _emu._store_network(self, weights, biases, x_mean, x_std, y_mean, y_std, meta["activation"])
+        self.inputs = tuple(str(n) for n in meta["inputs"])
+        self.dsfr_names = tuple(str(n) for n in meta["dsfr_names"])
+        for n in self.inputs + self.dsfr_names:
+            if n not in self.param_names:
+                raise EmulatorError(f"{n!r} (inputs / dsfr_names) is not a parameter; parameters: "
+                                    f"{self.param_names}")
+        if len(self.dsfr_names) != N_BINS - 1:
+            raise EmulatorError(f"dsfr_names must name {N_BINS - 1} parameters, got {self.dsfr_names}")
+        missing = [k for k in TABLES if k not in tables]
+        if missing:
+            raise EmulatorError(f"missing arrays {missing}")
+        self.tables = {k: np.ascontiguousarray(tables[k], dtype=np.float64) for k in TABLES}
+        self._input_idx = np.array([self.param_names.index(n) for n in self.inputs])
+        self._dsfr_idx = np.array([self.param_names.index(n) for n in self.dsfr_names])
+        self._validate()
+        self.grid = BinGrid.from_arrays(self.tables)
+        t = self.tables
+        self._igm_z0 = float(t["igm_z"][0])
+        self._igm_dz = float(t["igm_z"][1] - t["igm_z"][0])
+        self._igm = np.ascontiguousarray(t["igm_trans"], dtype=np.float32)
+        lnz = t["dm_lnz"]
+        self._dm_even = bool(np.allclose(np.diff(lnz), lnz[1] - lnz[0], rtol=1e-9, atol=0))
+        self._dm_x0, self._dm_dx = float(lnz[0]), float(lnz[1] - lnz[0])
+
+    def _validate(self) -> None:
+        F = len(self.filters)
+        n_in = len(self.inputs)
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            if w.ndim != 2 or w.shape[0] != n_in:
+                raise EmulatorError(f"W{i} has shape {w.shape}; expected ({n_in}, n_out)")
+            if b.shape != (w.shape[1],):
+                raise EmulatorError(f"b{i} has shape {b.shape}; expected ({w.shape[1]},)")
+            n_in = w.shape[1]
+        n_out = N_BINS * F + N_BINS
+        if not self.weights or n_in != n_out:
+            raise EmulatorError(f"the network must end with {n_out} outputs (7 bins x {F} filters "
+                                f"+ 7), got {n_in}")
+        for nm, arr, size in (("x_mean", self.x_mean, len(self.inputs)), ("x_std", self.x_std, len(self.inputs)),
+                              ("y_mean", self.y_mean, n_out), ("y_std", self.y_std, n_out)):
+            if arr.shape != (size,):
+                raise EmulatorError(f"{nm} has shape {arr.shape}; expected ({size},)")
+        if np.any(self.x_std <= 0):
+            raise EmulatorError("x_std must be > 0")
+        for nm, arr in [("x_mean", self.x_mean), ("x_std", self.x_std), ("y_mean", self.y_mean),
+                        ("y_std", self.y_std), ("sigma", self.sigma)] + \
+                [(f"W{i}", w) for i, w in enumerate(self.weights)] + \
+                [(f"b{i}", b) for i, b in enumerate(self.biases)] + list(self.tables.items()):
+            if not np.all(np.isfinite(arr)):
+                raise EmulatorError(f"{nm} contains non-finite values")
+        t = self.tables
+        nz = t["igm_z"].size
+        if t["igm_z"].ndim != 1 or nz < 2 or not np.allclose(np.diff(t["igm_z"]), t["igm_z"][1] - t["igm_z"][0]) \
+                or t["igm_z"][1] <= t["igm_z"][0]:
+            raise EmulatorError("igm_z must be an evenly spaced, increasing 1-d grid")
+        if t["igm_trans"].shape != (nz, F):
+            raise EmulatorError(f"igm_trans has shape {t['igm_trans'].shape}; expected ({nz}, {F})")
+        zlo, zhi = self.bounds[self._iz]
+        if t["igm_z"][0] > zlo or t["igm_z"][-1] < zhi or np.exp(t["dm_lnz"][0]) > zlo * (1 + 1e-9) \
+                or np.exp(t["dm_lnz"][-1]) < zhi * (1 - 1e-9):
+            raise EmulatorError("the igm and distance-modulus tables must cover the redshift bounds")
+        if t["dm_lnz"].shape != t["dm"].shape or np.any(np.diff(t["dm_lnz"]) <= 0):
+            raise EmulatorError("dm_lnz must increase and match dm in shape")
+
+    # ----------------------------------------------------------------- tables
+    def igm_transmission(self, redshift, fidx=None) -> np.ndarray:
+        """(N, F) tabulated IGM transmission of the filters ``fidx`` (float32)."""
+        z = np.asarray(redshift, dtype=np.float64)
+        u = (z - self._igm_z0) / self._igm_dz
+        i0 = np.clip(np.floor(u).astype(np.intp), 0, self._igm.shape[0] - 2)
+        w = (u - i0).astype(np.float32)[:, None]
+        tab = self._igm if fidx is None else self._igm[:, fidx]
+        lo = tab[i0]
+        return lo + w * (tab[i0 + 1] - lo)
+
+    def distance_modulus(self, redshift) -> np.ndarray:
+        """(N,) tabulated ``5 log10(d_L / 10 pc) - 2.5 log10(1 + z)`` (mag), linear in ln z."""
+        lnz = np.log(np.asarray(redshift, dtype=np.float64))
+        dm = self.tables["dm"]
+        if not self._dm_even:
+            return np.interp(lnz, self.tables["dm_lnz"], dm)
+        u = (lnz - self._dm_x0) / self._dm_dx
+        i0 = np.clip(u.astype(np.intp), 0, dm.size - 2)
+        lo = dm[i0]
+        return lo + (u - i0) * (dm[i0 + 1] - lo)
+
+    def bin_masses(self, theta) -> np.ndarray:
+        """(N, 7) formed mass of each SFH bin (Msun), youngest first (exact)."""
+        theta = np.atleast_2d(np.asarray(theta, dtype=np.float64))
+        return self.grid.masses(theta[:, self._dsfr_idx], theta[:, self._iz], theta[:, self._imass])
+
+    # ----------------------------------------------------------------- network
+    def _sliced(self, fidx: np.ndarray):
+        """Folded layers whose last layer gives ``ln`` of the per-bin flux (uJy per solar
+        mass at ``DM = 0`` and no IGM) of the filters ``fidx``, bin-major, then the 7 log10
+        surviving fractions (cached per filter set)."""
+        key = tuple(int(i) for i in fidx)
+        cache = self.__dict__.setdefault("_slice_cache", {})
+        if key not in cache:
+            Ws, bs, act, _ = _emu._fold_inputs(self)
+            F = len(self.filters)
+            A = Ws[-1] * self.y_std.astype(np.float64)
+            c = bs[-1] * self.y_std.astype(np.float64) + self.y_mean.astype(np.float64)
+            cols = np.array([k * F + f for k in range(N_BINS) for f in fidx], dtype=np.intp)
+            surv = N_BINS * F + np.arange(N_BINS)
+            Ws[-1] = np.concatenate([_K_LN * A[:, cols], A[:, surv]], axis=1)
+            bs[-1] = np.concatenate([_K_LN * (c[cols] - 23.9), c[surv]])
+            cache[key] = (_emu._fold_biases(Ws, bs, act), act)
+        return cache[key]
+
+    def _run(self, th: np.ndarray, fidx: np.ndarray, want_flux: bool = True):
+        """Fluxes (n, F') float64 and derived quantities of valid rows ``th``.
+
+        Rows go through in blocks of ``block_size`` so the network outputs are combined
+        while they are still in cache."""
+        n, nf = th.shape[0], fidx.size
+        z = th[:, self._iz]
+        der = self.grid.derived(th[:, self._dsfr_idx], z, th[:, self._imass])
+        m = der.pop("masses")
+        ln_scale = np.log(m) - (0.4 * np.log(10.0)) * self.distance_modulus(z)[:, None]
+        if not want_flux:
+            nf = 0
+        Ws, act = self._sliced(fidx if want_flux else np.arange(0))
+        x = np.ones((n, len(self._input_idx) + 1), dtype=np.float32)
+        x[:, :-1] = th[:, self._input_idx]
+        flux = np.empty((n, nf), dtype=np.float64)
+        log_surv = np.empty((n, N_BINS), dtype=np.float32)
+        bs = self.block_size
+        for a in range(0, n, bs):
+            b = min(n, a + bs)
+            y = _emu._forward(x[a:b], Ws, None, act, self.chunk_size)
+            log_surv[a:b] = y[:, N_BINS * nf:]
+            if not nf:
+                continue
+            e = y[:, :N_BINS * nf]
+            e += np.repeat(ln_scale[a:b].astype(np.float32), nf, axis=1)
+            np.exp(e, out=e)
+            acc = e[:, :nf].copy()
+            for k in range(1, N_BINS):
+                acc += e[:, k * nf:(k + 1) * nf]
+            acc *= self.igm_transmission(z[a:b], fidx)
+            flux[a:b] = acc
+        der["log_stellar_mass"] = np.log10(np.sum(m * 10.0 ** log_surv.astype(np.float64), axis=1))
+        der["av"] = th[:, self.param_names.index("av")] if "av" in self.param_names else np.full(n, np.nan)
+        return (flux if want_flux else None), der
+
+    # ----------------------------------------------------------------- API
+    def _predict_valid(self, theta, fidx):
+        flux, _ = self._run(theta, fidx)
+        with np.errstate(divide="ignore"):
+            return -2.5 * np.log10(flux) + 23.9
+
+    def _derived_valid(self, theta):
+        return self._run(theta, np.arange(0), want_flux=False)[1]
+
+    def evaluate(self, params, filters=None, *, strict: bool = True) -> tuple[np.ndarray, dict]:
+        fidx = self.filter_index(filters)
+        theta, valid, single = self._check_params(params, strict)
+        n = theta.shape[0]
+        if valid.all():
+            flux, result = self._run(theta, fidx)
+        else:
+            flux = np.full((n, fidx.size), np.nan)
+            result = {k: np.full(n, np.nan) for k in _emu.DERIVED_NAMES}
+            if valid.any():
+                f, d = self._run(theta[valid], fidx)
+                flux[valid] = f
+                for k, v in d.items():
+                    result.setdefault(k, np.full(n, np.nan))[valid] = v
+        return _emu._finish(flux, result, n, single)
+
+    # ----------------------------------------------------------------- I/O
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays of the file format (without ``metadata``)."""
+        return dict(_emu._network_arrays(self), **self.tables)
+
+    def file_metadata(self) -> dict:
+        meta = dict(self.metadata)
+        meta.update(format=_emu.FORMAT_NAME, version=VERSION, kind=KIND, param_names=list(self.param_names),
+                    bounds=self.bounds.tolist(), prior=self.prior, filters=list(self.filters),
+                    activation=self.activation, inputs=list(self.inputs), dsfr_names=list(self.dsfr_names))
+        return meta
