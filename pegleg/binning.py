@@ -107,8 +107,8 @@ __all__ = ["bin", "binned", "noise_correlation_factor", "DEFAULT_TARGET_SNR", "M
 
 #: Target S/N per bin when ``target_snr`` is None, from the information-gain curve
 #: (``scripts/make_information_curve.py``, docs "Information gain"): at S/N 10 the median
-#: gain in A_V is 0.89 nat, ~90% of its value at S/N 100 (1.02), where it saturates; the
-#: 0.5-nat threshold is S/N 3.5 for A_V and ~1 for the mass, and the mass-weighted age
+#: gain in A_V is 0.89 nat, ~86% of its value at S/N 100 (1.04), where it saturates; the
+#: 0.5-nat threshold is S/N 3.6 for A_V and ~1 for the mass, and the mass-weighted age
 #: stays prior-dominated (< 0.1 nat) at any S/N.
 DEFAULT_TARGET_SNR = 10.0
 #: Binning methods of :func:`bin`.

@@ -10,8 +10,9 @@ without ``--bins`` (never used for training).  Output: one pickle-free
 Targets: per bin k and filter f, ``r_kf = m_kf - DM(z) + 2.5 log10 T_f(z)`` (the AB
 magnitude of one solar mass formed in the bin, without distance and IGM, through the
 emulator's own tables), capped at 45 mag fainter than the bin's F444W magnitude; the
-log10 surviving fraction of each bin.  Entries with ``T_f < 1e-4`` (Lyman-absorbed) do not
-enter the loss: their flux is that small whatever the network says.
+log10 surviving fraction of each bin.  Entries with ``T_f < 1e-4`` (Lyman-absorbed) get a
+small weight (0.05): the emulator sets their transmission to 0 (their flux is below 1e-4 of the
+band's unabsorbed flux), the weight only keeps the network's outputs there sane.
 
 Loss (PyTorch, CPU, Adam, one-cycle learning rate): the mean absolute magnitude error of
 the **combined** photometry of models whose SFH is drawn from the prior afresh for every
@@ -112,6 +113,10 @@ def main(argv=None) -> int:
     ap.add_argument("--holdout", type=float, default=0.03)
     ap.add_argument("--n-full", type=int, default=20000, help="full prior draws for accuracy and sigma")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init", type=Path, default=None,
+                    help="start from this SFH-bin emulator's weights and normalisations (fine-tuning)")
+    ap.add_argument("--mse-weight", type=float, default=0.0,
+                    help="add this times the mean squared combined error (mag^2) to the loss: pulls in the tail")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--minutes", type=float, default=None,
                     help="train for this long instead of --epochs: the one-cycle learning rate follows the "
@@ -153,7 +158,7 @@ def main(argv=None) -> int:
     r = np.where(capped, cap, r)
     use = (T >= IGM_MIN)[:, None, :] & np.isfinite(r)
     r = np.where(np.isfinite(r), r, cap)
-    w_tmpl = np.where(use, np.where(capped, 0.05, 1.0), 0.0)
+    w_tmpl = np.where(use & ~capped, 1.0, 0.05)
     lsurv = np.log10(surv)
     X = params[:, [names.index(n) for n in INPUTS]]
     Y = np.concatenate([r.reshape(len(r), -1), lsurv], axis=1)
@@ -167,6 +172,13 @@ def main(argv=None) -> int:
     ho, tr = order[:nho], order[nho:]
     x_mean, x_std = X[tr].mean(0), X[tr].std(0) + 1e-12
     y_mean, y_std = Y[tr].mean(0), Y[tr].std(0) + 1e-6
+    init = None
+    if args.init is not None:
+        from pegleg.sed.emulator import load_emulator
+
+        init = load_emulator(str(args.init))
+        x_mean, x_std = init.x_mean.astype(np.float64), init.x_std.astype(np.float64)
+        y_mean, y_std = init.y_mean.astype(np.float64), init.y_std.astype(np.float64)
     tt = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
     Xt, Yt = tt((X - x_mean) / x_std), tt((Y - y_mean) / y_std)
     Wt = tt(np.concatenate([w_tmpl.reshape(len(r), -1), np.ones((len(r), 7))], axis=1))
@@ -180,6 +192,14 @@ def main(argv=None) -> int:
         n_in = args.width
     layers.append(torch.nn.Linear(n_in, Y.shape[1]))
     net = torch.nn.Sequential(*layers)
+    if init is not None:
+        lin = [mod for mod in net if isinstance(mod, torch.nn.Linear)]
+        if len(lin) != len(init.weights) or any(m.weight.shape != w.T.shape for m, w in zip(lin, init.weights)):
+            sys.exit(f"--init {args.init}: its network shape differs from --width/--depth")
+        with torch.no_grad():
+            for mod, w, b in zip(lin, init.weights, init.biases):
+                mod.weight.copy_(torch.tensor(w.T))
+                mod.bias.copy_(torch.tensor(b))
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
     n_batches = int(np.ceil(len(tr) / args.batch))
     n_epochs = args.epochs if args.minutes is None else 10 ** 6
@@ -223,7 +243,11 @@ def main(argv=None) -> int:
             idx = perm[i:i + args.batch]
             pred = net(Xt[idx])
             dsfr = tt(prior_dsfr(rng, len(idx)))
-            lc = combined_error(pred, idx, dsfr).sum() / fmask[idx].sum().clamp(min=1)
+            ce = combined_error(pred, idx, dsfr)
+            nb = fmask[idx].sum().clamp(min=1)
+            lc = ce.sum() / nb
+            if args.mse_weight:
+                lc = lc + args.mse_weight * (ce ** 2).sum() / nb
             lt = ((pred - Yt[idx]).abs() * ysd * Wt[idx]).sum() / Wt[idx].sum()
             loss = lc + args.template_weight * lt
             opt.zero_grad()
@@ -249,7 +273,8 @@ def main(argv=None) -> int:
         "set": str(args.bins_dir), "n_chunks": nchunks, "n_train": int(len(tr)), "n_holdout": int(nho),
         "generator": prov, "epochs": args.epochs, "minutes": args.minutes, "epochs_run": epochs_run, "steps": step, "width": args.width,
         "depth": args.depth, "batch": args.batch, "lr": args.lr, "seed": args.seed,
-        "template_weight": args.template_weight, "cap_mag": CAP_MAG, "igm_min": IGM_MIN,
+        "template_weight": args.template_weight, "init": str(args.init) if args.init else None,
+        "mse_weight": args.mse_weight, "cap_mag": CAP_MAG, "igm_min": IGM_MIN,
         "threads": args.threads, "torch": torch.__version__,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - t0, 1)}

@@ -23,7 +23,12 @@ def test_loads_and_has_the_api():
     assert emu.sigma.shape == (len(emu.filters),) and np.all(emu.sigma > 0)
     p = emu.sample_prior(100, seed=3)
     m = emu.predict(p)
-    assert m.shape == (100, len(emu.filters)) and np.all(np.isfinite(m))
+    assert m.shape == (100, len(emu.filters)) and not np.any(np.isnan(m))
+    # fully Lyman-absorbed bands have no flux (+inf mag, as the bagpipes reference); every band
+    # redward of Lyman-alpha is finite
+    z = p[:, list(emu.param_names).index("redshift")]
+    red = np.array([[pivot_wavelength(f) / (1 + zi) > 0.1216 for f in emu.filters] for zi in z])
+    assert np.all(np.isfinite(m[red])) and np.all(np.isfinite(m) | (m == np.inf))
     acc = emu.metadata["accuracy"]
     assert "p99_abs_mag" in acc and "median_abs_mag" in acc
 
@@ -40,7 +45,10 @@ def test_against_exact_reference():
     z = p[:, list(emu.param_names).index("redshift")]
     red = np.array([[pivot_wavelength(f) / (1 + zi) > 0.1216 for f in filters] for zi in z])
     dm = np.abs(pred - exact)[red]
-    assert np.median(dm) < 0.05, np.median(dm)
-    d_emu = emu.derived(p)["log_stellar_mass"]
-    d_ex = sps.derived(p)["log_stellar_mass"]
-    assert np.median(np.abs(d_emu - d_ex)) < 0.03
+    # measured (SFH-bin emulator): median 0.0055, max 0.16 mag
+    assert np.median(dm) < 0.012, np.median(dm)
+    d_emu, d_ex = emu.derived(p), sps.derived(p)
+    # surviving mass: measured max 0.002 dex; SFRs and ages are exact sums over bagpipes' age grid
+    assert np.median(np.abs(d_emu["log_stellar_mass"] - d_ex["log_stellar_mass"])) < 0.002
+    for k in ("log_sfr100", "log_sfr10", "log_age_mw"):
+        np.testing.assert_allclose(d_emu[k], d_ex[k], atol=1e-9)

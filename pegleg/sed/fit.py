@@ -664,9 +664,10 @@ def fit_photometry(flux, error, filters: Sequence[str], redshift, *, valid=None,
         up from the same proposal to at most ``2**(max_rounds - 1) * n_draws``.  The
         default (128 draws, 4 rounds) keeps the most objects above the target; for speed,
         ``n_draws=160, max_rounds=2`` (measured on 10,000 prior pixels at S/N 5-100 with
-        the bundled network: median ESS 61, 68% coverage 0.62, 1,094-1,263 pixels/s in two
-        runs on the two processes of this project's 2-vCPU machine, against 325-347
-        pixels/s and median ESS 70 for the default on one; ``benchmarks/bench_sedfit.py``).
+        the bundled network and emulator: median ESS 60, 68% coverage 0.62, 1,177 pixels/s
+        on the two processes of this project's 2-vCPU machine, against 328 pixels/s and
+        median ESS 70 for the default on one; ``benchmarks/bench_sedfit.py``; earlier runs
+        with the previous emulator gave 1,094-1,263 and 325-347).
     low_ess : what happens to objects whose importance-sampling ESS is still below
         ``ess_target`` after the top-ups: ``"flag"`` (default) keeps their (too narrow)
         posteriors with ``FLAG_LOW_ESS``; ``"nested"`` re-fits them by nested sampling
@@ -677,8 +678,8 @@ def fit_photometry(flux, error, filters: Sequence[str], redshift, *, valid=None,
         Default (``None``): the usable cores for ``"importance"`` and ``"nested"`` (1
         inside a worker process; a single chunk runs here), 1 for ``"fast"``.  Measured on
         10,000 prior pixels on this project's 2-vCPU machine: importance sampling 1.5-1.9x
-        faster with 2 processes (speed setting ~710 -> 1,094-1,263 pixels/s); fast mode 14.5k ->
-        6.3k (its work per chunk is too small to pay for the inter-process transfer).
+        faster with 2 processes (speed setting ~710 -> 1,094-1,263 pixels/s; 1,177 in the
+        latest run); fast mode 14.5k -> 6.3k (its work per chunk is too small to pay for the inter-process transfer).
     progress : tqdm progress bar (default: when stderr is a terminal).
     first_chunk : index of the first chunk's random stream: a caller fitting one large
         set in several calls (``sedfit`` by blocks of rows) gives every call its own

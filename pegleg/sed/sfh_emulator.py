@@ -51,6 +51,7 @@ TABLES = ("sfh_ages", "sfh_widths", "sfh_z", "sfh_age_gyr", "igm_z", "igm_trans"
 _REQUIRED = ("param_names", "bounds", "prior", "filters", "activation", "inputs", "dsfr_names",
              "training", "accuracy")
 _K_LN = -0.4 * np.log(10.0)
+_LN_MAX = np.float32(80.0)  # exp(80) = 5.5e34 uJy: beyond any galaxy
 
 
 class SFHBinEmulator(_emu.BaseEmulator):
@@ -104,7 +105,10 @@ class SFHBinEmulator(_emu.BaseEmulator):
         t = self.tables
         self._igm_z0 = float(t["igm_z"][0])
         self._igm_dz = float(t["igm_z"][1] - t["igm_z"][0])
-        self._igm = np.ascontiguousarray(t["igm_trans"], dtype=np.float32)
+        # bands absorbed below the training's IGM threshold carry no flux: the network was not
+        # asked for their magnitudes there (they are < igm_min of the band's unabsorbed flux)
+        igm_min = float(meta.get("training", {}).get("igm_min", 0.0))
+        self._igm = np.ascontiguousarray(np.where(t["igm_trans"] < igm_min, 0.0, t["igm_trans"]), dtype=np.float32)
         lnz = t["dm_lnz"]
         self._dm_even = bool(np.allclose(np.diff(lnz), lnz[1] - lnz[0], rtol=1e-9, atol=0))
         self._dm_x0, self._dm_dx = float(lnz[0]), float(lnz[1] - lnz[0])
@@ -149,13 +153,13 @@ class SFHBinEmulator(_emu.BaseEmulator):
             raise EmulatorError("dm_lnz must increase and match dm in shape")
 
     # ----------------------------------------------------------------- tables
-    def igm_transmission(self, redshift, fidx=None) -> np.ndarray:
+    def igm_transmission(self, redshift, fidx=None, *, _table=None) -> np.ndarray:
         """(N, F) tabulated IGM transmission of the filters ``fidx`` (float32)."""
         z = np.asarray(redshift, dtype=np.float64)
         u = (z - self._igm_z0) / self._igm_dz
         i0 = np.clip(np.floor(u).astype(np.intp), 0, self._igm.shape[0] - 2)
         w = (u - i0).astype(np.float32)[:, None]
-        tab = self._igm if fidx is None else self._igm[:, fidx]
+        tab = _table if _table is not None else (self._igm if fidx is None else self._igm[:, fidx])
         lo = tab[i0]
         return lo + w * (tab[i0 + 1] - lo)
 
@@ -178,8 +182,8 @@ class SFHBinEmulator(_emu.BaseEmulator):
     # ----------------------------------------------------------------- network
     def _sliced(self, fidx: np.ndarray):
         """Folded layers whose last layer gives ``ln`` of the per-bin flux (uJy per solar
-        mass at ``DM = 0`` and no IGM) of the filters ``fidx``, bin-major, then the 7 log10
-        surviving fractions (cached per filter set)."""
+        mass at ``DM = 0`` and no IGM) of the filters ``fidx``, bin-major, then the ``ln`` of
+        the 7 surviving fractions, and the IGM table of ``fidx`` (cached per filter set)."""
         key = tuple(int(i) for i in fidx)
         cache = self.__dict__.setdefault("_slice_cache", {})
         if key not in cache:
@@ -189,9 +193,10 @@ class SFHBinEmulator(_emu.BaseEmulator):
             c = bs[-1] * self.y_std.astype(np.float64) + self.y_mean.astype(np.float64)
             cols = np.array([k * F + f for k in range(N_BINS) for f in fidx], dtype=np.intp)
             surv = N_BINS * F + np.arange(N_BINS)
-            Ws[-1] = np.concatenate([_K_LN * A[:, cols], A[:, surv]], axis=1)
-            bs[-1] = np.concatenate([_K_LN * (c[cols] - 23.9), c[surv]])
-            cache[key] = (_emu._fold_biases(Ws, bs, act), act)
+            ln10 = np.log(10.0)
+            Ws[-1] = np.concatenate([_K_LN * A[:, cols], ln10 * A[:, surv]], axis=1)
+            bs[-1] = np.concatenate([_K_LN * (c[cols] - 23.9), ln10 * c[surv]])
+            cache[key] = (_emu._fold_biases(Ws, bs, act), act, np.ascontiguousarray(self._igm[:, fidx]))
         return cache[key]
 
     def _run(self, th: np.ndarray, fidx: np.ndarray, want_flux: bool = True):
@@ -206,27 +211,29 @@ class SFHBinEmulator(_emu.BaseEmulator):
         ln_scale = np.log(m) - (0.4 * np.log(10.0)) * self.distance_modulus(z)[:, None]
         if not want_flux:
             nf = 0
-        Ws, act = self._sliced(fidx if want_flux else np.arange(0))
+        Ws, act, igm = self._sliced(fidx if want_flux else np.arange(0))
         x = np.ones((n, len(self._input_idx) + 1), dtype=np.float32)
         x[:, :-1] = th[:, self._input_idx]
         flux = np.empty((n, nf), dtype=np.float64)
-        log_surv = np.empty((n, N_BINS), dtype=np.float32)
+        ln_surv = np.empty((n, N_BINS), dtype=np.float32)
         bs = self.block_size
         for a in range(0, n, bs):
             b = min(n, a + bs)
             y = _emu._forward(x[a:b], Ws, None, act, self.chunk_size)
-            log_surv[a:b] = y[:, N_BINS * nf:]
+            ln_surv[a:b] = y[:, N_BINS * nf:]
             if not nf:
                 continue
             e = y[:, :N_BINS * nf]
             e += np.repeat(ln_scale[a:b].astype(np.float32), nf, axis=1)
+            np.minimum(e, _LN_MAX, out=e)       # float32 exp stays finite whatever the network says
             np.exp(e, out=e)
             acc = e[:, :nf].copy()
             for k in range(1, N_BINS):
                 acc += e[:, k * nf:(k + 1) * nf]
-            acc *= self.igm_transmission(z[a:b], fidx)
+            acc *= self.igm_transmission(z[a:b], _table=igm)
             flux[a:b] = acc
-        der["log_stellar_mass"] = np.log10(np.sum(m * 10.0 ** log_surv.astype(np.float64), axis=1))
+        surv = np.exp(ln_surv, out=ln_surv)
+        der["log_stellar_mass"] = np.log10(np.einsum("nk,nk->n", m, surv.astype(np.float64)))
         der["av"] = th[:, self.param_names.index("av")] if "av" in self.param_names else np.full(n, np.nan)
         return (flux if want_flux else None), der
 
