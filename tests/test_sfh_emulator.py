@@ -195,3 +195,16 @@ def test_bagpipes_is_linear_in_the_bins(seed):
     gd = g.derived(p[:, 7:], p[:, 1], p[:, 0])
     for k in ("log_sfr100", "log_sfr10", "log_age_mw"):
         np.testing.assert_allclose(gd[k], der[k], atol=1e-10)
+
+
+def test_network_shape_errors():
+    emu = toy_emulator(np.full((N_BINS, 3), 5.0), np.zeros(N_BINS))
+    W, b = [w.copy() for w in emu.weights], [x.copy() for x in emu.biases]
+    with pytest.raises(EmulatorError, match=r"must end with 28 outputs \(7 bins x 3 filters \+ 7\), got 27"):
+        SFHBinEmulator([W[0], W[1][:, :-1]], [b[0], b[1][:-1]], emu.x_mean, emu.x_std, emu.y_mean[:-1],
+                       emu.y_std[:-1], emu.sigma, emu.tables, emu.metadata)
+    with pytest.raises(EmulatorError, match="as many weight matrices as bias vectors"):
+        SFHBinEmulator(W, b[:1], emu.x_mean, emu.x_std, emu.y_mean, emu.y_std, emu.sigma, emu.tables, emu.metadata)
+    bad = dict(emu.tables, dm=np.full_like(emu.tables["dm"], np.nan))
+    with pytest.raises(EmulatorError, match="dm contains non-finite values"):
+        SFHBinEmulator(W, b, emu.x_mean, emu.x_std, emu.y_mean, emu.y_std, emu.sigma, bad, emu.metadata)

@@ -279,6 +279,54 @@ def _store_network(emu, weights, biases, x_mean, x_std, y_mean, y_std, activatio
     emu._act = activation_function(emu.activation)
 
 
+def _init_network_emulator(emu, metadata, defaults: dict, required, name: str, network, sigma) -> dict:
+    """Shared constructor of the network emulators: metadata defaults and required keys,
+    the common attributes (:meth:`BaseEmulator._init_common`) and the network arrays."""
+    meta = dict(metadata)
+    for key, value in dict({"format": FORMAT_NAME, "prior": {}, "training": {}, "accuracy": {}},
+                           **defaults).items():
+        meta.setdefault(key, value)
+    missing = [k for k in required if k not in meta]
+    if missing:
+        raise EmulatorError(f"emulator metadata is missing keys {missing}")
+    emu.name = name
+    emu.metadata = meta
+    emu._init_common(meta["param_names"], meta["bounds"], meta["filters"], sigma, meta["prior"])
+    _store_network(emu, *network, meta["activation"])
+    return meta
+
+
+def _validate_network(emu, n_in: int, n_out: int, out_message, extra=()) -> None:
+    """Shapes and finiteness of a network emulator's arrays: layer chain from ``n_in`` inputs
+    to ``n_out`` outputs (``out_message(got, want)`` words the mismatch), normalisations,
+    ``x_std > 0``, and every array (plus ``extra`` (name, array) pairs) finite."""
+    if len(emu.weights) != len(emu.biases) or not emu.weights:
+        raise EmulatorError(
+            f"need as many weight matrices as bias vectors (>= 1), got "
+            f"{len(emu.weights)} and {len(emu.biases)}")
+    n_x = n_in
+    for i, (w, b) in enumerate(zip(emu.weights, emu.biases)):
+        if w.ndim != 2 or w.shape[0] != n_in:
+            raise EmulatorError(f"W{i} has shape {w.shape}; expected ({n_in}, n_out)")
+        if b.shape != (w.shape[1],):
+            raise EmulatorError(f"b{i} has shape {b.shape}; expected ({w.shape[1]},)")
+        n_in = w.shape[1]
+    if n_in != n_out:
+        raise EmulatorError(out_message(n_in, n_out))
+    for nm, arr, size in (("x_mean", emu.x_mean, n_x), ("x_std", emu.x_std, n_x),
+                          ("y_mean", emu.y_mean, n_out), ("y_std", emu.y_std, n_out)):
+        if arr.shape != (size,):
+            raise EmulatorError(f"{nm} has shape {arr.shape}; expected ({size},)")
+    if np.any(emu.x_std <= 0):
+        raise EmulatorError("x_std must be > 0")
+    for nm, arr in [("x_mean", emu.x_mean), ("x_std", emu.x_std), ("y_mean", emu.y_mean),
+                    ("y_std", emu.y_std), ("sigma", emu.sigma)] + \
+            [(f"W{i}", w) for i, w in enumerate(emu.weights)] + \
+            [(f"b{i}", b) for i, b in enumerate(emu.biases)] + list(extra):
+        if not np.all(np.isfinite(arr)):
+            raise EmulatorError(f"{nm} contains non-finite values")
+
+
 def _network_arrays(emu) -> dict[str, np.ndarray]:
     """The network arrays of the file format: ``W*``, ``b*``, normalisations, ``sigma``."""
     arrs = {}
@@ -562,20 +610,8 @@ class MLPEmulator(BaseEmulator):
 
     def __init__(self, weights, biases, x_mean, x_std, y_mean, y_std, sigma,
                  metadata: Mapping[str, Any], *, name: str = "emulator"):
-        meta = dict(metadata)
-        meta.setdefault("format", FORMAT_NAME)
-        meta.setdefault("version", FORMAT_VERSION)
-        meta.setdefault("prior", {})
-        meta.setdefault("training", {})
-        meta.setdefault("accuracy", {})
-        missing = [k for k in _REQUIRED_META if k not in meta]
-        if missing:
-            raise EmulatorError(f"emulator metadata is missing keys {missing}")
-        self.name = name
-        self.metadata = meta
-        self._init_common(meta["param_names"], meta["bounds"], meta["filters"], sigma,
-                          meta["prior"])
-        _store_network(self, weights, biases, x_mean, x_std, y_mean, y_std, meta["activation"])
+        meta = _init_network_emulator(self, metadata, {"version": FORMAT_VERSION}, _REQUIRED_META, name,
+                                      (weights, biases, x_mean, x_std, y_mean, y_std), sigma)
         f32 = np.float32
         self.reference_filter = str(meta["reference_filter"])
         self.reference_log_mass = float(meta["reference_log_mass"])
@@ -587,33 +623,8 @@ class MLPEmulator(BaseEmulator):
 
     def _validate(self) -> None:
         P = len(self.param_names)
-        if len(self.weights) != len(self.biases) or not self.weights:
-            raise EmulatorError(
-                f"need as many weight matrices as bias vectors (>= 1), got "
-                f"{len(self.weights)} and {len(self.biases)}")
-        n_in = P - 1
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            if w.ndim != 2 or w.shape[0] != n_in:
-                raise EmulatorError(f"W{i} has shape {w.shape}; expected ({n_in}, n_out)")
-            if b.shape != (w.shape[1],):
-                raise EmulatorError(f"b{i} has shape {b.shape}; expected ({w.shape[1]},)")
-            n_in = w.shape[1]
-        n_out = len(self.outputs)
-        if n_in != n_out:
-            raise EmulatorError(
-                f"last layer has {n_in} outputs but metadata lists {n_out} outputs")
-        for nm, arr, size in (("x_mean", self.x_mean, P - 1), ("x_std", self.x_std, P - 1),
-                              ("y_mean", self.y_mean, n_out), ("y_std", self.y_std, n_out)):
-            if arr.shape != (size,):
-                raise EmulatorError(f"{nm} has shape {arr.shape}; expected ({size},)")
-        if np.any(self.x_std <= 0):
-            raise EmulatorError("x_std must be > 0")
-        for nm, arr in [("x_mean", self.x_mean), ("x_std", self.x_std), ("y_mean", self.y_mean),
-                        ("y_std", self.y_std), ("sigma", self.sigma)] + \
-                [(f"W{i}", w) for i, w in enumerate(self.weights)] + \
-                [(f"b{i}", b) for i, b in enumerate(self.biases)]:
-            if not np.all(np.isfinite(arr)):
-                raise EmulatorError(f"{nm} contains non-finite values")
+        _validate_network(self, P - 1, len(self.outputs),
+                          lambda got, want: f"last layer has {got} outputs but metadata lists {want} outputs")
         if len(set(self.outputs)) != len(self.outputs):
             raise EmulatorError("duplicate names in outputs")
         if self.reference_filter not in self.filters:

@@ -72,20 +72,8 @@ class SFHBinEmulator(_emu.BaseEmulator):
 
     def __init__(self, weights, biases, x_mean, x_std, y_mean, y_std, sigma,
                  tables: Mapping[str, np.ndarray], metadata: Mapping[str, Any], *, name: str = "emulator"):
-        meta = dict(metadata)
-        meta.setdefault("format", _emu.FORMAT_NAME)
-        meta.setdefault("version", VERSION)
-        meta.setdefault("kind", KIND)
-        meta.setdefault("prior", {})
-        meta.setdefault("training", {})
-        meta.setdefault("accuracy", {})
-        missing = [k for k in _REQUIRED if k not in meta]
-        if missing:
-            raise EmulatorError(f"emulator metadata is missing keys {missing}")
-        self.name = name
-        self.metadata = meta
-        self._init_common(meta["param_names"], meta["bounds"], meta["filters"], sigma, meta["prior"])
-        _emu._store_network(self, weights, biases, x_mean, x_std, y_mean, y_std, meta["activation"])
+        meta = _emu._init_network_emulator(self, metadata, {"version": VERSION, "kind": KIND}, _REQUIRED, name,
+                                           (weights, biases, x_mean, x_std, y_mean, y_std), sigma)
         self.inputs = tuple(str(n) for n in meta["inputs"])
         self.dsfr_names = tuple(str(n) for n in meta["dsfr_names"])
         for n in self.inputs + self.dsfr_names:
@@ -115,29 +103,9 @@ class SFHBinEmulator(_emu.BaseEmulator):
 
     def _validate(self) -> None:
         F = len(self.filters)
-        n_in = len(self.inputs)
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            if w.ndim != 2 or w.shape[0] != n_in:
-                raise EmulatorError(f"W{i} has shape {w.shape}; expected ({n_in}, n_out)")
-            if b.shape != (w.shape[1],):
-                raise EmulatorError(f"b{i} has shape {b.shape}; expected ({w.shape[1]},)")
-            n_in = w.shape[1]
-        n_out = N_BINS * F + N_BINS
-        if not self.weights or n_in != n_out:
-            raise EmulatorError(f"the network must end with {n_out} outputs (7 bins x {F} filters "
-                                f"+ 7), got {n_in}")
-        for nm, arr, size in (("x_mean", self.x_mean, len(self.inputs)), ("x_std", self.x_std, len(self.inputs)),
-                              ("y_mean", self.y_mean, n_out), ("y_std", self.y_std, n_out)):
-            if arr.shape != (size,):
-                raise EmulatorError(f"{nm} has shape {arr.shape}; expected ({size},)")
-        if np.any(self.x_std <= 0):
-            raise EmulatorError("x_std must be > 0")
-        for nm, arr in [("x_mean", self.x_mean), ("x_std", self.x_std), ("y_mean", self.y_mean),
-                        ("y_std", self.y_std), ("sigma", self.sigma)] + \
-                [(f"W{i}", w) for i, w in enumerate(self.weights)] + \
-                [(f"b{i}", b) for i, b in enumerate(self.biases)] + list(self.tables.items()):
-            if not np.all(np.isfinite(arr)):
-                raise EmulatorError(f"{nm} contains non-finite values")
+        _emu._validate_network(self, len(self.inputs), N_BINS * F + N_BINS,
+                               lambda got, want: f"the network must end with {want} outputs (7 bins x {F} "
+                                                 f"filters + 7), got {got}", extra=self.tables.items())
         t = self.tables
         nz = t["igm_z"].size
         if t["igm_z"].ndim != 1 or nz < 2 or not np.allclose(np.diff(t["igm_z"]), t["igm_z"][1] - t["igm_z"][0]) \
