@@ -90,13 +90,11 @@ def tables(filters):
             "dm_lnz": lnz, "dm": sps.distance_modulus(np.exp(lnz))}
 
 
-def prior_dsfr(rng, n, scale=0.3, nu=2.0, clip=5.0):
-    x = rng.standard_t(nu, size=(n, 6)) * scale
-    bad = np.abs(x) > clip
-    while bad.any():
-        x[bad] = rng.standard_t(nu, size=int(bad.sum())) * scale
-        bad = np.abs(x) > clip
-    return x
+def prior_dsfr(rng, n):
+    """(n, 6) ``dsfr`` draws from the fitting prior (:func:`pegleg.sed.sps.sample_prior`)."""
+    from pegleg.sed import sps
+
+    return sps.sample_prior(n, seed=rng)[:, [sps.PARAM_NAMES.index(d) for d in DSFR]]
 
 
 def main(argv=None) -> int:
@@ -140,7 +138,7 @@ def main(argv=None) -> int:
     iz = names.index("redshift")
     meta = {"param_names": names, "bounds": sps.BOUNDS.tolist(),
             "prior": {n: {"type": "student_t", "loc": 0.0, "scale": sps.DSFR_SCALE, "nu": sps.DSFR_NU,
-                          "clip": 5.0} for n in DSFR},
+                          "clip": sps.DSFR_LIMIT} for n in DSFR},
             "filters": filters, "activation": "gelu_tanh", "inputs": list(INPUTS), "dsfr_names": list(DSFR),
             "training": {}, "accuracy": {}}
     # a network-less instance only for the tables' interpolation (the same code as inference)

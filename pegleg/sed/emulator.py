@@ -868,7 +868,7 @@ def _read_npz(path: Path) -> BaseEmulator:
         raise EmulatorError(f"{where}: missing arrays {absent}")
     for k in need:
         if not np.issubdtype(arrays[k].dtype, np.floating):
-            raise EmulatorError(f"{where}: array {k!r} has dtype {arrays[k].dtype}, expected float32")
+            raise EmulatorError(f"{where}: array {k!r} has dtype {arrays[k].dtype}, expected a float array")
     layers = ([arrays[f"W{i}"] for i in range(n_layers)], [arrays[f"b{i}"] for i in range(n_layers)],
               arrays["x_mean"], arrays["x_std"], arrays["y_mean"], arrays["y_std"], arrays["sigma"])
     try:

@@ -679,7 +679,8 @@ def fit_photometry(flux, error, filters: Sequence[str], redshift, *, valid=None,
         inside a worker process; a single chunk runs here), 1 for ``"fast"``.  Measured on
         10,000 prior pixels on this project's 2-vCPU machine: importance sampling 1.5-1.9x
         faster with 2 processes (speed setting ~710 -> 1,094-1,263 pixels/s; 1,177 in the
-        latest run); fast mode 14.5k -> 6.3k (its work per chunk is too small to pay for the inter-process transfer).
+        latest run); fast mode 14.5k -> 6.3k (its work per chunk is too small to pay for
+        the inter-process transfer).
     progress : tqdm progress bar (default: when stderr is a terminal).
     first_chunk : index of the first chunk's random stream: a caller fitting one large
         set in several calls (``sedfit`` by blocks of rows) gives every call its own

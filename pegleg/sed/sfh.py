@@ -20,12 +20,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..exceptions import EmulatorError
+from .sps import _EDGE_MARGIN
+from .sps import N_SFH_BINS as N_BINS
 
 __all__ = ["BinGrid", "N_BINS"]
 
-N_BINS = 7
-_FIXED_EDGES_MYR = (0.0, 10.0, 100.0)
-_EDGE_MARGIN = 1e-5
+_FIXED_EDGES_MYR = (0.0, 10.0, 100.0)   # as sps.sfh_bin_edges: 0, 10 Myr, then log bins from 100 Myr
 
 
 class BinGrid:

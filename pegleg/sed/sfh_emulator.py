@@ -176,8 +176,9 @@ class SFHBinEmulator(_emu.BaseEmulator):
         z = th[:, self._iz]
         der = self.grid.derived(th[:, self._dsfr_idx], z, th[:, self._imass])
         m = der.pop("masses")
-        ln_scale = np.log(m) - (0.4 * np.log(10.0)) * self.distance_modulus(z)[:, None]
-        if not want_flux:
+        if want_flux:
+            ln_scale = np.log(m) - (0.4 * np.log(10.0)) * self.distance_modulus(z)[:, None]
+        else:
             nf = 0
         Ws, act, igm = self._sliced(fidx if want_flux else np.arange(0))
         x = np.ones((n, len(self._input_idx) + 1), dtype=np.float32)

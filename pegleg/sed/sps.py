@@ -271,9 +271,13 @@ class _Model:
                 raise EmulatorError(f"bagpipes refused parameters {dict(zip(PARAM_NAMES, p))}: "
                                     f"{exc}") from exc
 
-    def mags(self) -> np.ndarray:
+    def fnu(self) -> np.ndarray:
+        """The current model's f_nu (erg/s/cm2/Hz) in the filters in use."""
         flam = np.atleast_1d(self.model.photometry)  # photon-weighted <f_lambda>, cgs / A
-        fnu = flam * self.pivot_aa ** 2 / _C_AA  # exact for photon-counting curves
+        return flam * self.pivot_aa ** 2 / _C_AA  # exact for photon-counting curves
+
+    def mags(self) -> np.ndarray:
+        fnu = self.fnu()
         with np.errstate(divide="ignore", invalid="ignore"):
             m = -2.5 * np.log10(fnu) - 48.6
         return np.where(fnu > 0, m, np.inf)
@@ -411,8 +415,7 @@ def bin_photometry(params, filters) -> tuple[np.ndarray, np.ndarray]:
             for j in range(1, N_SFH_BINS):           # bagpipes counts from the oldest bin
                 c[f"dsfr{j}"] = float(step[N_SFH_BINS - 1 - j])
             model.model.update(model.comps)
-            flam = np.atleast_1d(model.model.photometry)
-            flux[i, k] = flam * model.pivot_aa ** 2 / _C_AA * 1e29  # erg/s/cm2/Hz -> uJy
+            flux[i, k] = model.fnu() * 1e29  # erg/s/cm2/Hz -> uJy
             surv[i, k] = 10.0 ** model.model.sfh.stellar_mass
     return (flux[0], surv[0]) if single else (flux, surv)
 
@@ -424,16 +427,10 @@ def sfh_age_grid() -> dict[str, np.ndarray]:
     (a bin holds the grid points strictly inside its edges); ``z`` and ``age_gyr``
     the table it interpolates the age of the universe from.
     """
-    bp = _bagpipes()
-    import importlib
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        mod = importlib.import_module("bagpipes.models.star_formation_history")
-        p0 = np.mean(BOUNDS, axis=1)
-        sfh = mod.star_formation_history(_new_components(p0))
+    _, sfh = _sfh_model()
+    u = _bagpipes().utils
     return {"ages": np.array(sfh.ages), "widths": np.array(sfh.age_widths),
-            "z": np.array(bp.utils.z_array), "age_gyr": np.array(bp.utils.age_at_z)}
+            "z": np.array(u.z_array), "age_gyr": np.array(u.age_at_z)}
 
 
 def igm_band_transmission(filters, redshift) -> np.ndarray:
@@ -521,6 +518,22 @@ def spectrum(params, wavelength, *, lines=None):
 _SFH = None
 
 
+def _sfh_model():
+    """The process's bagpipes ``star_formation_history`` and its components dict (built
+    once, with the bounds' mid-point; :func:`_fill_components` and ``update`` reuse it)."""
+    global _SFH
+    if _SFH is None:
+        _bagpipes()
+        import importlib
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mod = importlib.import_module("bagpipes.models.star_formation_history")
+            comps = _new_components(np.mean(BOUNDS, axis=1))
+            _SFH = (comps, mod.star_formation_history(comps))
+    return _SFH
+
+
 def derived(params) -> dict[str, np.ndarray]:
     """Physical quantities of the models ``params``, each an (N,) array.
 
@@ -530,21 +543,10 @@ def derived(params) -> dict[str, np.ndarray]:
     ``log_age_mw`` (log10 yr, mass-formed-weighted lookback age), ``av`` (the diffuse
     V-band attenuation parameter).  A single (P,) vector gives (1,) arrays.
     """
-    global _SFH
     arr, _ = check_params(params)
-    _bagpipes()
     der = {k: np.empty(arr.shape[0]) for k in _DERIVED_KEYS}
-    comps = None
+    comps, sfh = _sfh_model()
     for i, p in enumerate(arr):
-        if _SFH is None:
-            comps = _new_components(p)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                import importlib
-
-                mod = importlib.import_module("bagpipes.models.star_formation_history")
-                _SFH = (comps, mod.star_formation_history(comps))
-        comps, sfh = _SFH
         _fill_components(comps, p)
         sfh.update(comps)
         for k, v in _sfh_derived(sfh).items():

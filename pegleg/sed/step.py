@@ -387,7 +387,7 @@ def sedfit(ds: xr.Dataset, *, redshift=None, redshift_sigma=None, method: str = 
         (default F444W if present, else the reddest band).
     error_floor, emulator_sigma, mass_range, n_draws, max_rounds : see ``fit_photometry``
         (the default keeps the most pixels above ESS 50; ``n_draws=160, max_rounds=2`` is
-        the speed setting, ~3.6x faster with median ESS 61 on prior pixels at S/N 5-100).
+        the speed setting, ~3.6x faster with median ESS 60-61 on prior pixels at S/N 5-100).
     low_ess : ``"flag"`` (default) or ``"nested"``: pixels (bins) whose importance-sampling
         ESS stays below 50 are flagged, or re-fitted by nested sampling (``sedfit_flag &
         8``; tens of seconds each: meant for binned fits and small regions).
