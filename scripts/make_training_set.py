@@ -17,7 +17,10 @@ With ``--bins`` it writes the training set of the SFH-bin emulator instead
 metallicity, A_V, delta, eta and log U (uniform within the bounds; ``log_mass_formed``
 = 10 and ``dsfr*`` = 0 play no role), and per chunk ``bin_flux`` (n, 7, F) -- uJy
 per solar mass formed in each bin alone -- and ``surviving`` (n, 7), the surviving
-fraction of each bin.  Every model costs seven bagpipes updates.
+fraction of each bin.  Every model costs seven bagpipes updates.  ``--split-dust`` (with
+``--bins``) writes ``bin_flux`` WITHOUT the dust re-emission and adds ``dust_lum`` (n, 7),
+the luminosity each bin's dust absorbs (Lsun per solar mass formed), which the
+emulator re-emits exactly (:mod:`pegleg.sed.components`).
 
 Chunks are written atomically (temporary file + rename) and complete chunks are skipped,
 so an interrupted run resumes where it stopped.  Chunks run in worker processes (all
@@ -49,13 +52,13 @@ def _chunk_path(out: Path, i: int) -> Path:
     return out / f"chunk_{i:05d}.npz"
 
 
-def _is_complete(path: Path, n_rows: int, n_filters: int, bins: bool = False) -> bool:
+def _is_complete(path: Path, n_rows: int, n_filters: int, bins: bool = False, split: bool = False) -> bool:
     if not path.is_file():
         return False
     try:
         with np.load(path) as z:
             if bins:
-                return z["bin_flux"].shape[::2] == (n_rows, n_filters)
+                return z["bin_flux"].shape[::2] == (n_rows, n_filters) and (not split or "dust_lum" in z.files)
             return z["params"].shape[0] == n_rows and z["mags"].shape == (n_rows, n_filters)
     except Exception:
         return False
@@ -86,11 +89,13 @@ def _run_chunk(job):
     """Compute and atomically write one chunk (runs in a worker process)."""
     from pegleg.sed import sps
 
-    out, i, start, stop, seed, n_total, filters, bins = job
+    out, i, start, stop, seed, n_total, filters, bins, split = job
     if bins:
         params = bin_design(n_total, seed)[start:stop]
-        flux, surv = sps.bin_photometry(params, filters)
-        arrays = {"bin_flux": flux, "surviving": surv}
+        res = sps.bin_photometry(params, filters, split_dust=split)
+        arrays = {"bin_flux": res[0], "surviving": res[1]}
+        if split:
+            arrays["dust_lum"] = res[2]
     else:
         params = sps.sample_prior(n_total, seed=seed)[start:stop]
         mags, der = sps.evaluate(params, filters)
@@ -121,6 +126,8 @@ def main(argv=None) -> int:
                     help="pegleg filter names (default: every filter with a sedpy curve)")
     ap.add_argument("--bins", action="store_true",
                     help="write the SFH-bin (template) training set instead of prior draws")
+    ap.add_argument("--split-dust", action="store_true",
+                    help="with --bins: photometry without dust re-emission, plus the absorbed luminosity")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
 
@@ -137,6 +144,7 @@ def main(argv=None) -> int:
 
     settings = {
         "n": args.n, "chunk": args.chunk, "seed": args.seed, "bins": bool(args.bins),
+        "split_dust": bool(args.split_dust),
         "param_names": list(sps.PARAM_NAMES), "bounds": sps.BOUNDS.tolist(),
         "filters": list(filters),
         "sedpy_curves": [sfilters.sedpy_name(f) for f in filters],
@@ -181,9 +189,9 @@ def main(argv=None) -> int:
     jobs = []
     for i in range(n_chunks):
         start, stop = i * args.chunk, min(args.n, (i + 1) * args.chunk)
-        if _is_complete(_chunk_path(out, i), stop - start, len(filters), args.bins):
+        if _is_complete(_chunk_path(out, i), stop - start, len(filters), args.bins, args.split_dust):
             continue
-        jobs.append((str(out), i, start, stop, args.seed, args.n, filters, args.bins))
+        jobs.append((str(out), i, start, stop, args.seed, args.n, filters, args.bins, args.split_dust))
     print(f"{n_chunks - len(jobs)} of {n_chunks} chunks already complete; "
           f"computing {len(jobs)} with {args.workers or default_workers(len(jobs) or 1)} "
           f"process(es)", file=sys.stderr)

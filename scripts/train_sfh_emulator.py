@@ -7,10 +7,14 @@ without ``--bins`` (never used for training).  Output: one pickle-free
 :class:`pegleg.sed.sfh_emulator.SFHBinEmulator` file, ready to be copied to
 ``pegleg/sed/data/default_emulator.npz``.
 
-Targets: per bin k and filter f, ``r_kf = m_kf - DM(z) + 2.5 log10 T_f(z)`` (the AB
-magnitude of one solar mass formed in the bin, without distance and IGM, through the
-emulator's own tables), capped at 45 mag fainter than the bin's F444W magnitude; the
-log10 surviving fraction of each bin.  Entries with ``T_f < 1e-4`` (Lyman-absorbed) get a
+Targets (:meth:`pegleg.sed.sfh_emulator.SFHBinEmulator.targets`): per bin k and filter f,
+``r_kf = m_kf - DM(z) + 2.5 log10 T_f(z)`` (the AB magnitude of one solar mass formed in
+the bin, without distance and IGM, through the emulator's own tables), capped at 45 mag
+fainter than the bin's F444W magnitude; the log10 surviving fraction of each bin.  With a
+training set made with ``--split-dust`` (version-3 emulator, :mod:`pegleg.sed.components`)
+``m_kf`` excludes the dust re-emission and the ``--max-lines`` strongest emission lines,
+which the emulator adds exactly, and the network also learns ``ln(L_abs / A_V)`` per bin
+(the luminosity dust absorbs and re-emits).  Entries with ``T_f < 1e-4`` (Lyman-absorbed) get a
 small weight (0.05): the emulator sets their transmission to 0 (their flux is below 1e-4 of the
 band's unabsorbed flux), the weight only keeps the network's outputs there sane.
 
@@ -25,6 +29,7 @@ filter is the 68th percentile of the absolute magnitude errors on the full prior
 Usage::
 
     python scripts/train_sfh_emulator.py BINS_DIR FULL_DIR OUT.npz [--epochs 150] [--width 192] [--depth 3]
+        [--minutes 50] [--max-lines 48]
 """
 
 from __future__ import annotations
@@ -50,16 +55,20 @@ def load_bins(folder: Path):
     files = sorted(folder.glob("chunk_*.npz"))
     if not files:
         sys.exit(f"no chunk_*.npz files in {folder}")
-    params, flux, surv = [], [], []
+    params, flux, surv, dust = [], [], [], []
     for f in files:
         with np.load(f, allow_pickle=False) as d:
             params.append(d["params"])
             flux.append(d["bin_flux"])
             surv.append(d["surviving"])
+            dust.append(d["dust_lum"] if "dust_lum" in d.files else None)
             names = [str(s) for s in d["param_names"]]
             filters = [str(s) for s in d["filters"]]
     prov = json.loads((folder / "provenance.json").read_text())
-    return np.concatenate(params), np.concatenate(flux), np.concatenate(surv), names, filters, prov, len(files)
+    if any(d is None for d in dust) and not all(d is None for d in dust):
+        sys.exit(f"{folder}: some chunks have dust_lum (--split-dust) and some do not")
+    dust = None if dust[0] is None else np.concatenate(dust)
+    return np.concatenate(params), np.concatenate(flux), np.concatenate(surv), dust, names, filters, prov, len(files)
 
 
 def load_full(folder: Path, n_max: int):
@@ -76,8 +85,10 @@ def load_full(folder: Path, n_max: int):
     return cut(params), cut(mags), cut(mstar), cut(sfr)
 
 
-def tables(filters):
-    """The emulator's tables: SFH grid, IGM transmission, distance modulus."""
+def tables(filters, max_lines=None, components=True):
+    """The emulator's tables: SFH grid, IGM transmission, distance modulus and (with
+    ``components``) the exact line and dust-emission tables."""
+    from pegleg.sed import components as comp
     from pegleg.sed import sps
 
     g = sps.sfh_age_grid()
@@ -85,9 +96,12 @@ def tables(filters):
     igm_z = np.round(np.arange(1001) * 0.01, 6)             # 0 ... 10 (bagpipes IGM grid limit)
     t = sps.igm_band_transmission(filters, np.maximum(igm_z, 1e-4))
     lnz = np.linspace(np.log(0.009), np.log(10.02), 2000)
-    return {"sfh_ages": g["ages"], "sfh_widths": g["widths"], "sfh_z": g["z"][keep],
-            "sfh_age_gyr": g["age_gyr"][keep], "igm_z": igm_z, "igm_trans": t,
-            "dm_lnz": lnz, "dm": sps.distance_modulus(np.exp(lnz))}
+    out = {"sfh_ages": g["ages"], "sfh_widths": g["widths"], "sfh_z": g["z"][keep],
+           "sfh_age_gyr": g["age_gyr"][keep], "igm_z": igm_z, "igm_trans": t,
+           "dm_lnz": lnz, "dm": sps.distance_modulus(np.exp(lnz))}
+    if components:
+        out.update(comp.build_tables(filters, max_lines=max_lines))
+    return out
 
 
 def prior_dsfr(rng, n):
@@ -116,6 +130,8 @@ def main(argv=None) -> int:
     ap.add_argument("--mse-weight", type=float, default=0.0,
                     help="add this times the mean squared combined error (mag^2) to the loss: pulls in the tail")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--max-lines", type=int, default=32,
+                    help="emission lines computed exactly (the strongest; with a --split-dust training set)")
     ap.add_argument("--minutes", type=float, default=None,
                     help="train for this long instead of --epochs: the one-cycle learning rate follows the "
                          "elapsed fraction of the budget (not bit-reproducible)")
@@ -131,9 +147,11 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
-    params, flux, surv, names, filters, prov, nchunks = load_bins(args.bins_dir)
+    params, flux, surv, dust_lum, names, filters, prov, nchunks = load_bins(args.bins_dir)
     F = len(filters)
-    tab = tables(filters)
+    use_comp = dust_lum is not None
+    tab = tables(filters, args.max_lines, components=use_comp)
+    n_out = 7 * F + 7 * (2 if use_comp else 1)
     grid = BinGrid.from_arrays(tab)
     iz = names.index("redshift")
     meta = {"param_names": names, "bounds": sps.BOUNDS.tolist(),
@@ -142,14 +160,22 @@ def main(argv=None) -> int:
             "filters": filters, "activation": "gelu_tanh", "inputs": list(INPUTS), "dsfr_names": list(DSFR),
             "training": {}, "accuracy": {}}
     # a network-less instance only for the tables' interpolation (the same code as inference)
-    dummy = SFHBinEmulator([np.zeros((len(INPUTS), 7 * F + 7))], [np.zeros(7 * F + 7)], np.zeros(len(INPUTS)),
-                           np.ones(len(INPUTS)), np.zeros(7 * F + 7), np.ones(7 * F + 7), np.zeros(F), tab, meta)
+    dummy = SFHBinEmulator([np.zeros((len(INPUTS), n_out))], [np.zeros(n_out)], np.zeros(len(INPUTS)),
+                           np.ones(len(INPUTS)), np.zeros(n_out), np.ones(n_out), np.zeros(F), tab, meta)
     z = params[:, iz]
     T = dummy.igm_transmission(z).astype(np.float64)                    # (n, F)
     DM = dummy.distance_modulus(z)
-    with np.errstate(divide="ignore"):
-        m = -2.5 * np.log10(flux) + 23.9                                  # (n, 7, F)
-        r = m - DM[:, None, None] + 2.5 * np.log10(np.maximum(T, 1e-30))[:, None, :]
+    r, q, lines = dummy.targets(params, flux, dust_lum)
+    if use_comp:
+        # the smooth part can only go below zero through rounding: floor it at 1e-6 of the bin
+        ref = -2.5 * np.log10(flux * 10.0 ** (0.4 * DM)[:, None, None]) + 23.9 + \
+            2.5 * np.log10(np.maximum(T, 1e-30))[:, None, :]
+        bad = ~(r < ref + 15.0)
+        print(f"lines: {dummy.components.n_lines}; smooth part floored at 1e-6 of the bin flux in "
+              f"{bad.mean():.4%} of entries", flush=True)
+        r = np.where(bad, ref + 15.0, r)
+        av = params[:, names.index("av")]
+        dresp = dummy.components.dust_response(z, np.arange(F)).astype(np.float64)
     iref = filters.index(REFERENCE_FILTER)
     cap = r[:, :, [iref]] + CAP_MAG
     capped = ~(r < cap)
@@ -159,7 +185,7 @@ def main(argv=None) -> int:
     w_tmpl = np.where(use & ~capped, 1.0, 0.05)
     lsurv = np.log10(surv)
     X = params[:, [names.index(n) for n in INPUTS]]
-    Y = np.concatenate([r.reshape(len(r), -1), lsurv], axis=1)
+    Y = np.concatenate([r.reshape(len(r), -1), lsurv] + ([q] if use_comp else []), axis=1)
     bw, _ = grid.bin_sums(z)                                             # (n, 7) bin widths (yr)
     print(f"{len(X)} models, {F} filters; capped {capped.mean():.3%}, IGM-masked {(~use).mean():.3%} "
           f"of the per-bin entries ({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -179,11 +205,16 @@ def main(argv=None) -> int:
         y_mean, y_std = init.y_mean.astype(np.float64), init.y_std.astype(np.float64)
     tt = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
     Xt, Yt = tt((X - x_mean) / x_std), tt((Y - y_mean) / y_std)
-    Wt = tt(np.concatenate([w_tmpl.reshape(len(r), -1), np.ones((len(r), 7))], axis=1))
+    Wt = tt(np.concatenate([w_tmpl.reshape(len(r), -1), np.ones((len(r), n_out - 7 * F))], axis=1))
     ysd = tt(y_std)
     ln_w = tt(np.log(np.maximum(bw, 1e-30)))
     fmask = tt(use.all(axis=1))                                          # (n, F) band usable for every bin
     Yr = tt(r)
+    if use_comp:
+        ln_T = tt(np.log(np.maximum(T, 1e-30)))                          # (n, F)
+        ln_lines = tt(np.log(lines + 1e-30))                             # (n, 2, F)
+        ln_dresp = tt(np.log(dresp + 1e-30) + np.log(av)[:, None])       # (n, F), with ln A_V
+        Yq = tt(q)
     layers, n_in = [], X.shape[1]
     for _ in range(args.depth):
         layers += [torch.nn.Linear(n_in, args.width), torch.nn.GELU(approximate="tanh")]
@@ -215,13 +246,25 @@ def main(argv=None) -> int:
 
     def combined_error(pred_std, idx, dsfr):
         """|dm| of the combined photometry for SFHs ``dsfr`` (B, 6) -> (B, F)."""
-        pr = (pred_std * ysd + y_mean_t)[:, :7 * F].reshape(-1, 7, F)
+        full = pred_std * ysd + y_mean_t
+        pr = full[:, :7 * F].reshape(-1, 7, F)
         ls = torch.zeros(len(idx), 7)
         ls[:, 1:] = -torch.cumsum(dsfr, dim=1)
         lm = ls * np.log(10.0) + ln_w[idx]                               # ln bin mass (unnormalised)
         lm = lm[:, :, None]
-        a = torch.logsumexp(lm + k_ln * pr, dim=1)
-        b = torch.logsumexp(lm + k_ln * Yr[idx], dim=1)
+        if not use_comp:
+            a = torch.logsumexp(lm + k_ln * pr, dim=1)
+            b = torch.logsumexp(lm + k_ln * Yr[idx], dim=1)
+            return (a - b).abs() / -k_ln * fmask[idx]
+        # smooth part (IGM-transmitted) + exact lines of bins 0-1 + dust re-emission of every bin
+        lt = ln_T[idx][:, None, :]
+        fixed = lm[:, :2] + ln_lines[idx]                                 # (B, 2, F)
+
+        def total(r_, q_):
+            terms = [lm + lt + k_ln * (r_ - 23.9), fixed, lm + q_[:, :, None] + ln_dresp[idx][:, None, :]]
+            return torch.logsumexp(torch.cat(terms, dim=1), dim=1)
+        a = total(pr, full[:, 7 * F + 7:])
+        b = total(Yr[idx], Yq[idx])
         return (a - b).abs() / -k_ln * fmask[idx]
 
     epochs_run = 0
@@ -273,6 +316,9 @@ def main(argv=None) -> int:
         "depth": args.depth, "batch": args.batch, "lr": args.lr, "seed": args.seed,
         "template_weight": args.template_weight, "init": str(args.init) if args.init else None,
         "mse_weight": args.mse_weight, "cap_mag": CAP_MAG, "igm_min": IGM_MIN,
+        "components": ({"lines": int(tab["comp_line_wav"].size), "max_lines": args.max_lines,
+                        "line_min_fraction": 1e-3, "dust": "network ln(L_abs / A_V) x tabulated DL07 response"}
+                       if use_comp else None),
         "threads": args.threads, "torch": torch.__version__,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - t0, 1)}

@@ -162,7 +162,9 @@ def test_roundtrip_and_format_errors(tmp_path):
 
     with pytest.raises(EmulatorError, match="kind"):
         load_emulator(rewrite("kind.npz", {"kind": "other"}))
-    with pytest.raises(EmulatorError, match="version 3 is not supported"):
+    with pytest.raises(EmulatorError, match="version 4 is not supported"):
+        load_emulator(rewrite("v4.npz", {"version": 4}))
+    with pytest.raises(EmulatorError, match=r"missing arrays \['comp_u'"):   # version 3 needs components
         load_emulator(rewrite("v3.npz", {"version": 3}))
     with pytest.raises(EmulatorError, match=r"missing arrays \['igm_trans'\]"):
         load_emulator(rewrite("noigm.npz", drop=["igm_trans"]))

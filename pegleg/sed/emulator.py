@@ -844,11 +844,11 @@ def _read_npz(path: Path) -> BaseEmulator:
     from . import sfh_emulator
 
     version = meta.get("version")
-    if version not in (FORMAT_VERSION, sfh_emulator.VERSION):
+    if version not in (FORMAT_VERSION,) + sfh_emulator.VERSIONS:
         raise EmulatorError(
             f"{where}: format version {version!r} is not supported "
-            f"(this pegleg reads versions {FORMAT_VERSION} and {sfh_emulator.VERSION})")
-    if version == sfh_emulator.VERSION and meta.get("kind") != sfh_emulator.KIND:
+            f"(this pegleg reads versions {(FORMAT_VERSION,) + sfh_emulator.VERSIONS})")
+    if version in sfh_emulator.VERSIONS and meta.get("kind") != sfh_emulator.KIND:
         raise EmulatorError(f"{where}: version {version} files must have kind "
                             f"{sfh_emulator.KIND!r}, got {meta.get('kind')!r}")
     required = _REQUIRED_META if version == FORMAT_VERSION else sfh_emulator._REQUIRED
@@ -860,7 +860,8 @@ def _read_npz(path: Path) -> BaseEmulator:
         n_layers += 1
     need = [f"{c}{i}" for i in range(n_layers) for c in "Wb"] + \
         ["x_mean", "x_std", "y_mean", "y_std", "sigma"] + \
-        (list(sfh_emulator.TABLES) if version == sfh_emulator.VERSION else [])
+        (list(sfh_emulator.TABLES) if version in sfh_emulator.VERSIONS else []) + \
+        (list(sfh_emulator.COMPONENT_TABLES) if version == 3 else [])
     absent = [k for k in need if k not in arrays]
     if n_layers == 0:
         absent.insert(0, "W0")
@@ -872,9 +873,9 @@ def _read_npz(path: Path) -> BaseEmulator:
     layers = ([arrays[f"W{i}"] for i in range(n_layers)], [arrays[f"b{i}"] for i in range(n_layers)],
               arrays["x_mean"], arrays["x_std"], arrays["y_mean"], arrays["y_std"], arrays["sigma"])
     try:
-        if version == sfh_emulator.VERSION:
-            return sfh_emulator.SFHBinEmulator(*layers, {k: arrays[k] for k in sfh_emulator.TABLES},
-                                               meta, name=str(path))
+        if version in sfh_emulator.VERSIONS:
+            keys = sfh_emulator.TABLES + (sfh_emulator.COMPONENT_TABLES if version == 3 else ())
+            return sfh_emulator.SFHBinEmulator(*layers, {k: arrays[k] for k in keys}, meta, name=str(path))
         return MLPEmulator(*layers, meta, name=str(path))
     except EmulatorError as exc:
         raise EmulatorError(f"{where}: {exc}") from None

@@ -39,13 +39,18 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..exceptions import EmulatorError
+from . import components as _comp
 from . import emulator as _emu
 from .sfh import N_BINS, BinGrid
 
-__all__ = ["SFHBinEmulator", "KIND", "VERSION", "TABLES"]
+__all__ = ["SFHBinEmulator", "KIND", "VERSION", "VERSIONS", "TABLES", "COMPONENT_TABLES"]
 
 KIND = "sfh_bins"
-VERSION = 2
+#: version written for files with exact line and dust-emission components (version 2: without)
+VERSION = 3
+VERSIONS = (2, 3)
+#: arrays of a version-3 file besides :data:`TABLES` (:mod:`pegleg.sed.components`)
+COMPONENT_TABLES = _comp.TABLES
 #: arrays besides the network that the file must hold
 TABLES = ("sfh_ages", "sfh_widths", "sfh_z", "sfh_age_gyr", "igm_z", "igm_trans", "dm_lnz", "dm")
 _REQUIRED = ("param_names", "bounds", "prior", "filters", "activation", "inputs", "dsfr_names",
@@ -72,8 +77,13 @@ class SFHBinEmulator(_emu.BaseEmulator):
 
     def __init__(self, weights, biases, x_mean, x_std, y_mean, y_std, sigma,
                  tables: Mapping[str, np.ndarray], metadata: Mapping[str, Any], *, name: str = "emulator"):
-        meta = _emu._init_network_emulator(self, metadata, {"version": VERSION, "kind": KIND}, _REQUIRED, name,
+        has_comp = all(k in tables for k in COMPONENT_TABLES)
+        meta = _emu._init_network_emulator(self, metadata, {"version": 3 if has_comp else 2, "kind": KIND},
+                                           _REQUIRED, name,
                                            (weights, biases, x_mean, x_std, y_mean, y_std), sigma)
+        if meta["version"] not in VERSIONS:
+            raise EmulatorError(f"SFH-bin emulator version {meta['version']!r}; this pegleg reads {VERSIONS}")
+        self.version = int(meta["version"])
         self.inputs = tuple(str(n) for n in meta["inputs"])
         self.dsfr_names = tuple(str(n) for n in meta["dsfr_names"])
         for n in self.inputs + self.dsfr_names:
@@ -86,6 +96,15 @@ class SFHBinEmulator(_emu.BaseEmulator):
         if missing:
             raise EmulatorError(f"missing arrays {missing}")
         self.tables = {k: np.ascontiguousarray(tables[k], dtype=np.float64) for k in TABLES}
+        self.components = None
+        if self.version >= 3:
+            absent = [k for k in COMPONENT_TABLES if k not in tables]
+            if absent:
+                raise EmulatorError(f"missing arrays {absent} (version 3: line and dust-emission components)")
+            self.components = _comp.Components({k: tables[k] for k in COMPONENT_TABLES})
+            if self.components.n_filters != len(self.filters):
+                raise EmulatorError(f"the component tables have {self.components.n_filters} filters; the "
+                                    f"emulator has {len(self.filters)}")
         self._input_idx = np.array([self.param_names.index(n) for n in self.inputs])
         self._dsfr_idx = np.array([self.param_names.index(n) for n in self.dsfr_names])
         self._validate()
@@ -101,11 +120,18 @@ class SFHBinEmulator(_emu.BaseEmulator):
         self._dm_even = bool(np.allclose(np.diff(lnz), lnz[1] - lnz[0], rtol=1e-9, atol=0))
         self._dm_x0, self._dm_dx = float(lnz[0]), float(lnz[1] - lnz[0])
 
+    @property
+    def n_outputs(self) -> int:
+        """Network outputs: 7 x F per-bin magnitudes, 7 surviving fractions and, with
+        components, 7 absorbed luminosities."""
+        return N_BINS * len(self.filters) + N_BINS * (2 if self.components is not None else 1)
+
     def _validate(self) -> None:
         F = len(self.filters)
-        _emu._validate_network(self, len(self.inputs), N_BINS * F + N_BINS,
+        extra = " + 7" if self.components is not None else ""
+        _emu._validate_network(self, len(self.inputs), self.n_outputs,
                                lambda got, want: f"the network must end with {want} outputs (7 bins x {F} "
-                                                 f"filters + 7), got {got}", extra=self.tables.items())
+                                                 f"filters + 7{extra}), got {got}", extra=self.tables.items())
         t = self.tables
         nz = t["igm_z"].size
         if t["igm_z"].ndim != 1 or nz < 2 or not np.allclose(np.diff(t["igm_z"]), t["igm_z"][1] - t["igm_z"][0]) \
@@ -161,9 +187,10 @@ class SFHBinEmulator(_emu.BaseEmulator):
             c = bs[-1] * self.y_std.astype(np.float64) + self.y_mean.astype(np.float64)
             cols = np.array([k * F + f for k in range(N_BINS) for f in fidx], dtype=np.intp)
             surv = N_BINS * F + np.arange(N_BINS)
+            dust = N_BINS * F + N_BINS + np.arange(N_BINS if self.components is not None else 0)
             ln10 = np.log(10.0)
-            Ws[-1] = np.concatenate([_K_LN * A[:, cols], ln10 * A[:, surv]], axis=1)
-            bs[-1] = np.concatenate([_K_LN * (c[cols] - 23.9), ln10 * c[surv]])
+            Ws[-1] = np.concatenate([_K_LN * A[:, cols], ln10 * A[:, surv], A[:, dust]], axis=1)
+            bs[-1] = np.concatenate([_K_LN * (c[cols] - 23.9), ln10 * c[surv], c[dust]])
             cache[key] = (_emu._fold_biases(Ws, bs, act), act, np.ascontiguousarray(self._igm[:, fidx]))
         return cache[key]
 
@@ -185,13 +212,20 @@ class SFHBinEmulator(_emu.BaseEmulator):
         x[:, :-1] = th[:, self._input_idx]
         flux = np.empty((n, nf), dtype=np.float64)
         ln_surv = np.empty((n, N_BINS), dtype=np.float32)
+        comp = self.components if nf else None
+        if comp is not None:
+            dust = np.empty(n, dtype=np.float32)
+            av = th[:, self.param_names.index("av")].astype(np.float32)
         bs = self.block_size
         for a in range(0, n, bs):
             b = min(n, a + bs)
             y = _emu._forward(x[a:b], Ws, None, act, self.chunk_size)
-            ln_surv[a:b] = y[:, N_BINS * nf:]
+            ln_surv[a:b] = y[:, N_BINS * nf:N_BINS * nf + N_BINS]
             if not nf:
                 continue
+            if comp is not None:  # absorbed luminosity: A_V exp(q_k) per solar mass, times bin masses
+                q = np.exp(np.minimum(y[:, N_BINS * nf + N_BINS:], _LN_MAX))
+                dust[a:b] = av[a:b] * np.einsum("nk,nk->n", q, m[a:b].astype(np.float32))
             e = y[:, :N_BINS * nf]
             e += np.repeat(ln_scale[a:b].astype(np.float32), nf, axis=1)
             np.minimum(e, _LN_MAX, out=e)       # float32 exp stays finite whatever the network says
@@ -201,10 +235,48 @@ class SFHBinEmulator(_emu.BaseEmulator):
                 acc += e[:, k * nf:(k + 1) * nf]
             acc *= self.igm_transmission(z[a:b], _table=igm)
             flux[a:b] = acc
+        if comp is not None:  # lines and dust re-emission, exact, at distance modulus 0
+            cols = {k: th[:, self.param_names.index(k)] for k in self.inputs}
+            extra = comp.lines(cols, m[:, :2], fidx)
+            extra += dust[:, None] * comp.dust_response(z, fidx)
+            flux += extra * np.exp((-0.4 * np.log(10.0)) * self.distance_modulus(z))[:, None]
         surv = np.exp(ln_surv, out=ln_surv)
         der["log_stellar_mass"] = np.log10(np.einsum("nk,nk->n", m, surv.astype(np.float64)))
         der["av"] = th[:, self.param_names.index("av")] if "av" in self.param_names else np.full(n, np.nan)
         return (flux if want_flux else None), der
+
+    # ----------------------------------------------------------------- training
+    def targets(self, params, bin_flux, dust_lum=None):
+        """The network's targets for bagpipes' per-bin photometry (training and tests).
+
+        ``params`` (N, P); ``bin_flux`` (N, 7, F) uJy per solar mass formed in each bin
+        (:func:`pegleg.sed.sps.bin_photometry`, with ``split_dust=True`` -- i.e. without
+        dust re-emission -- when the emulator has components) in this emulator's filters;
+        ``dust_lum`` (N, 7) the absorbed luminosities (components only).  Returns ``r``
+        (N, 7, F): per-bin magnitudes without distance, IGM and (components) the exact
+        lines; ``q`` (N, 7): ``ln(L_abs / A_V)`` or None; ``lines`` (N, 2, F) uJy at
+        distance modulus 0 of bins 0 and 1 per solar mass, or None."""
+        th = np.atleast_2d(np.asarray(params, dtype=np.float64))
+        z = th[:, self._iz]
+        T = self.igm_transmission(z).astype(np.float64)
+        flux0 = np.asarray(bin_flux, dtype=np.float64) * 10.0 ** (0.4 * self.distance_modulus(z))[:, None, None]
+        q = lines = None
+        if self.components is not None:
+            if dust_lum is None:
+                raise EmulatorError("an emulator with components needs dust_lum (bin_photometry(split_dust=True))")
+            cols = {k: th[:, self.param_names.index(k)] for k in self.inputs}
+            lines = np.zeros((len(th), 2, len(self.filters)))
+            for k in range(2):
+                onehot = np.zeros((len(th), 2))
+                onehot[:, k] = 1.0
+                lines[:, k] = self.components.lines(cols, onehot, np.arange(len(self.filters)))
+            flux0 = flux0.copy()
+            flux0[:, :2] -= lines
+            with np.errstate(divide="ignore"):
+                q = np.log(np.asarray(dust_lum, dtype=np.float64) / th[:, [self.param_names.index("av")]])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = -2.5 * np.log10(flux0) + 23.9 + 2.5 * np.log10(np.maximum(T, 1e-30))[:, None, :]
+        return r, q, lines
 
     # ----------------------------------------------------------------- API
     def _predict_valid(self, theta, fidx):
@@ -234,11 +306,14 @@ class SFHBinEmulator(_emu.BaseEmulator):
     # ----------------------------------------------------------------- I/O
     def arrays(self) -> dict[str, np.ndarray]:
         """The arrays of the file format (without ``metadata``)."""
-        return dict(_emu._network_arrays(self), **self.tables)
+        out = dict(_emu._network_arrays(self), **self.tables)
+        if self.components is not None:
+            out.update(self.components.tables)
+        return out
 
     def file_metadata(self) -> dict:
         meta = dict(self.metadata)
-        meta.update(format=_emu.FORMAT_NAME, version=VERSION, kind=KIND, param_names=list(self.param_names),
+        meta.update(format=_emu.FORMAT_NAME, version=self.version, kind=KIND, param_names=list(self.param_names),
                     bounds=self.bounds.tolist(), prior=self.prior, filters=list(self.filters),
                     activation=self.activation, inputs=list(self.inputs), dsfr_names=list(self.dsfr_names))
         return meta

@@ -96,6 +96,7 @@ LINE_IDS: dict[str, str] = {
     "HeI10833": "Blnd  1.08302m", "Pabeta": "H  1  1.28181m", "Paalpha": "H  1  1.87510m",
 }
 _C_AA = 2.99792458e18  # speed of light, Angstrom / s
+_L_SUN_CGS = 3.826e33  # erg/s, bagpipes' solar luminosity
 # relative margin keeping the oldest bin edge inside bagpipes' age of the universe
 _EDGE_MARGIN = 1e-5
 
@@ -289,11 +290,22 @@ class _Model:
 _MODELS: dict = {}
 
 
-def _model_for(filters) -> _Model:
-    """The process's photometric model, set to integrate ``filters``."""
-    m = _MODELS.get("phot")
+def _model_for(filters, *, dust_probe: bool = False) -> _Model:
+    """The process's photometric model, set to integrate ``filters``.
+
+    With ``dust_probe`` a second model whose dust re-emission is replaced by a unit spike
+    at its reddest wavelength (1e8 A, outside every filter): its photometry has no dust
+    emission and its spectrum's last value measures the absorbed luminosity
+    (:func:`bin_photometry` with ``split_dust=True``)."""
+    key = "phot_probe" if dust_probe else "phot"
+    m = _MODELS.get(key)
     if m is None:
-        m = _MODELS["phot"] = _Model(filters=_filters.available_filters())
+        m = _Model(filters=_filters.available_filters())
+        if dust_probe:
+            spike = np.zeros_like(m.model.wavelengths)
+            spike[-1] = 1.0
+            m.model.dust_emission.spectrum = lambda *args, **kw: spike
+        _MODELS[key] = m
     m.use(tuple(filters))
     return m
 
@@ -379,7 +391,7 @@ def photometry(params, filters) -> np.ndarray:
 _ISOLATE_DEX = 40.0
 
 
-def bin_photometry(params, filters) -> tuple[np.ndarray, np.ndarray]:
+def bin_photometry(params, filters, *, split_dust: bool = False):
     """Photometry of each SFH bin alone: the exact linear decomposition of a model.
 
     bagpipes' spectrum is linear in the star-formation history (SSP weights on its age
@@ -397,12 +409,18 @@ def bin_photometry(params, filters) -> tuple[np.ndarray, np.ndarray]:
         uJy per solar mass formed in bin k (bin 0 = the youngest, 0-10 Myr).
     surviving : (N, 7) array
         Fraction of the bin's formed mass that survives (bagpipes' ``stellar_mass``).
+    dust_lum : (N, 7) array, only with ``split_dust=True``
+        Luminosity absorbed by dust (Lsun per solar mass formed in the bin), which
+        bagpipes re-emits with its Draine & Li template (q_PAH = 2, U_min = 1,
+        gamma = 0.01); ``flux`` then EXCLUDES that re-emission
+        (:mod:`pegleg.sed.components` adds it back exactly).
     """
     arr, single = check_params(params)
     names = _resolve_filters(filters)
-    model = _model_for(names)
+    model = _model_for(names, dust_probe=split_dust)
     flux = np.empty((arr.shape[0], N_SFH_BINS, len(names)))
     surv = np.empty((arr.shape[0], N_SFH_BINS))
+    dust = np.empty((arr.shape[0], N_SFH_BINS))
     c = model.comps["continuity"]
     for i, p in enumerate(arr):
         q = p.copy()
@@ -417,7 +435,11 @@ def bin_photometry(params, filters) -> tuple[np.ndarray, np.ndarray]:
             model.model.update(model.comps)
             flux[i, k] = model.fnu() * 1e29  # erg/s/cm2/Hz -> uJy
             surv[i, k] = 10.0 ** model.model.sfh.stellar_mass
-    return (flux[0], surv[0]) if single else (flux, surv)
+            if split_dust:  # the spike: dust_lum * L_sun / (4 pi d_L^2 (1 + z)) at IGM = 1
+                mm = model.model
+                dust[i, k] = mm.spectrum_full[-1] * mm.lum_flux * (1.0 + mm.model_comp["redshift"]) / _L_SUN_CGS
+    out = (flux, surv, dust) if split_dust else (flux, surv)
+    return tuple(a[0] for a in out) if single else out
 
 
 def sfh_age_grid() -> dict[str, np.ndarray]:
