@@ -1384,7 +1384,7 @@ FLUX_DRAWS, DRAW = "flux_draws", "draw"
 def predict_spectrum(ds: xr.Dataset, region: Any = None, *, n_draws: int | None = None, wavelength: Any = None,
                      quantiles: Sequence[float] = (0.16, 0.5, 0.84), progress: bool | None = None,
                      line_fluxes_of: Sequence[str] | None = PREDICTED_LINES, method: str = "pixels",
-                     seed: int = 0) -> xr.Dataset:
+                     seed: int = 0, coupling: str | Sequence[str] | None = None) -> xr.Dataset:
     """The spectrum the resolved SED fit predicts for a region, with its uncertainty.
 
     ``method="pixels"`` (default): ``ds`` is a ``sedfit`` result made with
@@ -1398,6 +1398,11 @@ def predict_spectrum(ds: xr.Dataset, region: Any = None, *, n_draws: int | None 
     errors: it shrinks as 1/sqrt(pixels).  When the pixels' errors are shared -- every
     pixel's photometry leaves the same parameters (ionisation, metallicity) to the
     prior, so every posterior is pulled the same way -- that spread is too small.
+    ``coupling`` (a parameter name or several, e.g. ``("log_u", "log_metallicity")``)
+    treats those parameters' errors as shared instead: every pixel's draws are sorted by
+    the mean rank of these parameters, so draw ``k`` combines every pixel's ``k``-th
+    ranked draw and the pixels move together in them (a comonotone coupling).  Each
+    pixel's posterior is unchanged; only how pixels are combined changes.
 
     ``method="integrated"``: the region's summed photometry (``image`` and quadrature
     ``error`` of the fitted bands over the fitted pixels of ``region``) is fitted once,
@@ -1423,6 +1428,8 @@ def predict_spectrum(ds: xr.Dataset, region: Any = None, *, n_draws: int | None 
 
     if method not in ("pixels", "integrated"):
         raise SchemaError(f"method must be 'pixels' or 'integrated', got {method!r}")
+    if coupling is not None and method != "pixels":
+        raise SchemaError("coupling combines pixels: it applies to method='pixels' only")
     wl = (np.exp(np.arange(np.log(0.5), np.log(5.6), 1e-3)) if wavelength is None
           else _check_wavelength(wavelength))
     im = sps.PARAM_NAMES.index("log_mass_formed")
@@ -1458,6 +1465,14 @@ def predict_spectrum(ds: xr.Dataset, region: Any = None, *, n_draws: int | None 
         if not 1 <= n <= k_all:
             raise SchemaError(f"n_draws must be 1..{k_all} (the stored posterior samples), got {n_draws!r}")
         pix = vals[fitted][:, :n, :]                             # (npix, n, P)
+        if coupling is not None:
+            shared = [coupling] if isinstance(coupling, str) else list(coupling)
+            bad = [c for c in shared if c not in names]
+            if bad or not shared:
+                raise SchemaError(f"coupling: unknown parameter(s) {bad or shared}; parameters: {names}")
+            idx = [names.index(c) for c in shared]
+            ranks = np.argsort(np.argsort(pix[:, :, idx], axis=1), axis=1).mean(axis=2)   # (npix, n)
+            pix = np.take_along_axis(pix, np.argsort(ranks, axis=1, kind="stable")[:, :, None], axis=1)
         scale = 10.0 ** (pix[..., im] - 10.0)
         unit = pix.copy()
         unit[..., im] = 10.0
@@ -1468,6 +1483,8 @@ def predict_spectrum(ds: xr.Dataset, region: Any = None, *, n_draws: int | None 
             total[k], total_lines[k] = scale[:, k] @ spec, scale[:, k] @ lf
         z = float(np.median(pix[..., iz]))
         attrs = {"n_pixels": int(fitted.sum()), "n_draws": n, "method": "pixels"}
+        if coupling is not None:
+            attrs["coupling"] = ",".join(shared)
         note = "sum over the region's pixels"
     q = np.asarray(quantiles, float)
     dims, units, long_name = schema.SPECTRUM_VARIABLES[schema.FLUX]

@@ -90,6 +90,28 @@ def test_integrated_prediction(fitted):
                          method="integrated")
 
 
+def test_coupled_pixels_move_together(fitted):
+    """coupling='log_u' sorts every pixel's draws by log U: the sum's spread in the
+    ionisation-sensitive lines is that of a shared error, not 1/sqrt(pixels)."""
+    from pegleg.spectrum import predict_spectrum
+
+    truth, fit, region = fitted
+    wl = np.exp(np.linspace(np.log(0.9), np.log(4.8), 200))
+    kw = dict(wavelength=wl, line_fluxes_of=["[OIII]5008", "Hbeta"], progress=False)
+    ind = predict_spectrum(fit, region, **kw)
+    cpl = predict_spectrum(fit, region, coupling="log_u", **kw)
+    assert cpl.attrs["coupling"] == "log_u" and "coupling" not in ind.attrs
+    width = lambda p: float(np.log(p["line_flux"].sel(line="[OIII]5008", quantile=0.84)  # noqa: E731
+                                   / p["line_flux"].sel(line="[OIII]5008", quantile=0.16)))
+    assert width(cpl) > 1.5 * width(ind), (width(cpl), width(ind))
+    # the draws are the same pixels' draws, recombined: the mean over draws is unchanged
+    np.testing.assert_allclose(cpl["flux_draws"].mean("draw"), ind["flux_draws"].mean("draw"), rtol=1e-9)
+    with pytest.raises(SchemaError, match="coupling"):
+        predict_spectrum(fit, region, coupling="log_U", **kw)
+    with pytest.raises(SchemaError, match="coupling"):
+        predict_spectrum(fit.drop_vars("posterior_samples"), region, method="integrated", coupling="log_u", **kw)
+
+
 def test_predict_spectrum_needs_samples(fitted):
     from pegleg.spectrum import predict_spectrum
 
