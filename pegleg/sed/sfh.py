@@ -83,7 +83,11 @@ class BinGrid:
 
     def bin_sums(self, redshift) -> tuple[np.ndarray, np.ndarray]:
         """(N, 7) summed cell widths (yr) of each bin and (N, 7) their mass-weighted ages (yr)."""
-        e = self.edges(redshift)[:, 3:]          # the first three edges do not depend on z
+        z = np.atleast_1d(np.asarray(redshift, dtype=np.float64))
+        if z.size > 1 and np.all(z == z[0]):     # one redshift (a galaxy's fit): one row, repeated
+            w, age = self.bin_sums(z[:1])
+            return np.repeat(w, z.size, axis=0), np.repeat(age, z.size, axis=0)
+        e = self.edges(z)[:, 3:]                 # the first three edges do not depend on z
         n = e.shape[0]
         right, left = np.empty((n, 8), np.intp), np.empty((n, 8), np.intp)
         right[:, :3], left[:, :3] = self._fixed_right, self._fixed_left

@@ -204,7 +204,8 @@ class SFHBinEmulator(_emu.BaseEmulator):
         der = self.grid.derived(th[:, self._dsfr_idx], z, th[:, self._imass])
         m = der.pop("masses")
         if want_flux:
-            ln_scale = np.log(m) - (0.4 * np.log(10.0)) * self.distance_modulus(z)[:, None]
+            ln_dm = (-0.4 * np.log(10.0)) * self.distance_modulus(z)
+            ln_scale = np.log(m) + ln_dm[:, None]
         else:
             nf = 0
         Ws, act, igm = self._sliced(fidx if want_flux else np.arange(0))
@@ -239,7 +240,7 @@ class SFHBinEmulator(_emu.BaseEmulator):
             cols = {k: th[:, self.param_names.index(k)] for k in self.inputs}
             extra = comp.lines(cols, m[:, :2], fidx)
             extra += dust[:, None] * comp.dust_response(z, fidx)
-            flux += extra * np.exp((-0.4 * np.log(10.0)) * self.distance_modulus(z))[:, None]
+            flux += extra * np.exp(ln_dm)[:, None]
         surv = np.exp(ln_surv, out=ln_surv)
         der["log_stellar_mass"] = np.log10(np.einsum("nk,nk->n", m, surv.astype(np.float64)))
         der["av"] = th[:, self.param_names.index("av")] if "av" in self.param_names else np.full(n, np.nan)
@@ -307,8 +308,9 @@ class SFHBinEmulator(_emu.BaseEmulator):
     def arrays(self) -> dict[str, np.ndarray]:
         """The arrays of the file format (without ``metadata``)."""
         out = dict(_emu._network_arrays(self), **self.tables)
-        if self.components is not None:
-            out.update(self.components.tables)
+        if self.components is not None:   # float32 is ample for the response tables (float64 in memory)
+            out.update({k: (v.astype(np.float32) if v.size > 10000 else v)
+                        for k, v in self.components.tables.items()})
         return out
 
     def file_metadata(self) -> dict:
