@@ -57,6 +57,7 @@ class BinGrid:
         step = np.diff(la)
         self._log_uniform = bool(np.allclose(step, step[0], rtol=1e-6, atol=0))
         self._la0, self._lstep = float(la[0]), float(step[0])
+        self._one_z: dict[float, tuple[np.ndarray, np.ndarray]] = {}
         fixed = np.array(_FIXED_EDGES_MYR) * 1e6
         self._fixed_right, self._fixed_left = self._sides(fixed[None, :])
 
@@ -84,9 +85,20 @@ class BinGrid:
     def bin_sums(self, redshift) -> tuple[np.ndarray, np.ndarray]:
         """(N, 7) summed cell widths (yr) of each bin and (N, 7) their mass-weighted ages (yr)."""
         z = np.atleast_1d(np.asarray(redshift, dtype=np.float64))
+        if z.size == 1:                          # one model at a time (nested sampling): cached per z
+            key = float(z[0])
+            hit = self._one_z.get(key)
+            if hit is None:
+                if len(self._one_z) >= 256:
+                    self._one_z.clear()
+                hit = self._one_z[key] = self._bin_sums(z)
+            return hit[0].copy(), hit[1].copy()
         if z.size > 1 and np.all(z == z[0]):     # one redshift (a galaxy's fit): one row, repeated
             w, age = self.bin_sums(z[:1])
             return np.repeat(w, z.size, axis=0), np.repeat(age, z.size, axis=0)
+        return self._bin_sums(z)
+
+    def _bin_sums(self, z):
         e = self.edges(z)[:, 3:]                 # the first three edges do not depend on z
         n = e.shape[0]
         right, left = np.empty((n, 8), np.intp), np.empty((n, 8), np.intp)
