@@ -1404,6 +1404,14 @@ def predict_spectrum(ds: xr.Dataset, region: Any = None, *, n_draws: int | None 
     ranked draw and the pixels move together in them (a comonotone coupling).  Each
     pixel's posterior is unchanged; only how pixels are combined changes.
 
+    Line predictions are only as good as the photometry's grip on the lines: fit with
+    ``sedfit(emulator="accurate")`` (exact bagpipes lines; the default emulator's
+    photometry barely responds to log U -- 0.01 mag in F162M at z = 2.3 where bagpipes
+    moves 0.45 mag) with enough proposal draws (e.g. ``n_draws=8192, max_rounds=6``), in
+    bands that put a medium band on the lines.  Measured on a synthetic galaxy at z = 2.3
+    (docs, "Lines in medium bands"): with ``coupling="log_u"`` the 9 pixels' H-alpha,
+    H-beta, [OIII] and [OII] are within 2.5 half 16-84% widths of the truth's.
+
     ``method="integrated"``: the region's summed photometry (``image`` and quadrature
     ``error`` of the fitted bands over the fitted pixels of ``region``) is fitted once,
     with the settings of the Dataset's last ``sedfit`` (bands, error floor, emulator
