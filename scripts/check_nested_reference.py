@@ -62,6 +62,15 @@ def _pixels():
     return em, simulate_photometry(em, JOF_FILTERS, 20, redshift=2.0, snr=(10.0, 50.0), depth_scatter=0.2, seed=22)
 
 
+def _problem():
+    """The emulator and the fitter's likelihood set-up of the 20 pixels (as ``fit_photometry``
+    with ``error_floor=0``, ``emulator_sigma=False``)."""
+    from pegleg.sed.fit import JOF_FILTERS, _Problem
+
+    em, s = _pixels()
+    return em, _Problem(s["flux"], s["error"], JOF_FILTERS, 2.0, None, em, 0.0, False, (0.0, 13.0), None)
+
+
 def run_is(cache: Path, wide: bool) -> None:
     import pegleg.sed.fit as F
     from pegleg.sed import load_posterior_network
@@ -83,11 +92,10 @@ def run_is(cache: Path, wide: bool) -> None:
 def run_nested(cache: Path, seed: int, pixels) -> None:
     import dynesty
 
-    from pegleg.sed.fit import JOF_FILTERS, _normalise, _Problem, weighted_quantiles
+    from pegleg.sed.fit import _normalise, weighted_quantiles
     from pegleg.sed.nested import pixel_problem
 
-    em, s = _pixels()
-    prob = _Problem(s["flux"], s["error"], JOF_FILTERS, 2.0, None, em, 0.0, False, (0.0, 13.0), None)
+    em, prob = _problem()
     d = len(prob.fit_idx)
     path = cache / f"nested1000 (seed {seed}).pkl"
     out = pickle.load(open(path, "rb")) if path.exists() else {}
@@ -112,18 +120,16 @@ def run_nested(cache: Path, seed: int, pixels) -> None:
 
 
 def run_mcmc(cache: Path, seed: int, pixels, n_chain=300, n_burn=15000, n_keep=15000) -> None:
-    from pegleg.sed.fit import JOF_FILTERS, _Problem
     from pegleg.sed.nested import prior_transform
 
-    em, s = _pixels()
-    prob = _Problem(s["flux"], s["error"], JOF_FILTERS, 2.0, None, em, 0.0, False, (0.0, 13.0), None)
+    em, prob = _problem()
     d, P = len(prob.fit_idx), len(em.param_names)
     ndim = d + 1
     tr = prior_transform(em, prob.fit_names, prob.mass_range)
     iav = em.param_names.index("av")
 
     def log_like(U, r):
-        X = np.array([tr(u) for u in U])
+        X = tr(U)
         th = np.empty((len(U), P))
         th[:, prob.fit_idx], th[:, prob.im], th[:, prob.iz] = X[:, :d], prob.ref_mass, 2.0
         g, der = em.evaluate(th, prob.filters, strict=False)

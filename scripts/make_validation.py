@@ -916,8 +916,9 @@ def _emulator_table(path, label):
     log(P, f"reading {path.relative_to(ROOT)}")
     from pegleg.filters import instrument, pivot_wavelength
 
+    text = path.read_text().splitlines()
     rows = {}
-    for line in path.read_text().splitlines()[2:]:
+    for line in text[2:]:
         f = line.split()
         if len(f) == 9 and f[1].isdigit():
             rows[f[0]] = dict(n_red=int(f[1]), med=float(f[2]), p99=float(f[3]), n_det=int(f[4]), med_det=float(f[5]),
@@ -930,7 +931,7 @@ def _emulator_table(path, label):
     long_wl = [k for k in rows if (instrument(k) == "NIRCAM" and pivot_wavelength(k) > 2.4) or instrument(k) == "MIRI"]
     n_draws = max(v["n_red"] for v in rows.values())
     blue = np.array([v["blue"] for v in rows.values() if v["n_blue"] > 0])
-    tail = {ln.split(":")[0]: ln for ln in path.read_text().splitlines() if ln.startswith("log_")}
+    tail = {ln.split(":")[0]: ln for ln in text if ln.startswith("log_")}
     t = Table(f"**{label}** (summary of `{path.relative_to(ROOT)}`, written by "
               f"`benchmarks/bench_emulator.py` on {n_draws:,} fresh prior draws; {len(rows)} filters; "
               "|dm| over the draws where the band is redward of Lyman-alpha; targets of issue 6).")
@@ -955,14 +956,14 @@ def _emulator_table(path, label):
             t.add(f"{k}: median |delta|", f"<= {lim} dex", val, bool(float(val.split()[0]) <= lim))
     import re
 
-    speed = [ln for ln in path.read_text().splitlines() if ln.startswith("speed, 19 JOF bands")]
+    speed = [ln for ln in text if ln.startswith("speed, 19 JOF bands")]
     m = re.search(r"([\d,]+) SEDs/s; ([\d,]+)x bagpipes", speed[0]) if speed else None
     if m:
         rate, ratio = (float(v.replace(",", "")) for v in m.groups())
         t.add("speed, 19 JOF bands through `evaluate` (one thread)", ">= 300,000 SEDs/s", f"{rate:,.0f} SEDs/s",
               bool(rate >= 3e5))
         t.add("... against bagpipes (one process, same run)", ">= 1,000x", f"{ratio:,.0f}x", bool(ratio >= 1000))
-    one = [ln for ln in path.read_text().splitlines() if ln.startswith("speed, 19 JOF bands, one redshift")]
+    one = [ln for ln in text if ln.startswith("speed, 19 JOF bands, one redshift")]
     m = re.search(r"([\d,]+) SEDs/s; ([\d,]+)x bagpipes", one[0]) if one else None
     if m:
         t.add("speed, 19 JOF bands, one redshift for all models (a galaxy's fit)", "-",

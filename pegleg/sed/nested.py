@@ -20,9 +20,10 @@ __all__ = ["fit_nested", "prior_transform", "pixel_problem"]
 def prior_transform(emulator, names, mass_range, z_prior=None):
     """A dynesty prior transform for ``names`` + ``log_mass_formed`` (+ ``redshift``).
 
-    Vectorised: one call maps a unit-cube point through every prior's inverse CDF at once
-    (the Student-t through ``scipy.special.stdtrit``, not a frozen distribution's ``ppf``,
-    which costs ~0.1 ms a call)."""
+    Vectorised: one call maps a unit-cube point (ndim,) -- or a batch (..., ndim) --
+    through every prior's inverse CDF at once (the Student-t through
+    ``scipy.special.stdtrit``, not a frozen distribution's ``ppf``, which costs ~0.1 ms a
+    call)."""
     kinds, loc, scale, nu, ca, cb = [], [], [], [], [], []
     for name in names:
         lo, hi = emulator.bounds[emulator.param_names.index(name)]
@@ -57,11 +58,11 @@ def prior_transform(emulator, names, mass_range, z_prior=None):
     def transform(u):
         u = np.asarray(u, dtype=np.float64)
         x = np.empty_like(u)
-        x[iu] = loc[iu] + u[iu] * scale[iu]
+        x[..., iu] = loc[iu] + u[..., iu] * scale[iu]
         if it.size:
-            x[it] = loc[it] + scale[it] * special.stdtrit(nu[it], ca[it] + u[it] * width[it])
+            x[..., it] = loc[it] + scale[it] * special.stdtrit(nu[it], ca[it] + u[..., it] * width[it])
         if iN.size:
-            x[iN] = loc[iN] + scale[iN] * special.ndtri(ca[iN] + u[iN] * width[iN])
+            x[..., iN] = loc[iN] + scale[iN] * special.ndtri(ca[iN] + u[..., iN] * width[iN])
         return x
 
     return transform
@@ -89,14 +90,13 @@ def pixel_problem(prob, r: int):
         return th
 
     fidx = emu.filter_index(prob.filters)
-    lo, hi = emu.bounds[:, 0], emu.bounds[:, 1]
 
     def loglike(x):
-        th = theta_of(x)
-        if not np.all((th >= lo) & (th <= hi)):   # the prior keeps it inside; a redshift tail may not
+        th, valid, _ = emu._check_params(theta_of(x), strict=False)
+        if not valid[0]:
             return -1e300
-        # the emulator's own path for valid rows: no per-call filter lookup or validation
-        g = 10.0 ** (-0.4 * (emu._predict_valid(th[None, :], fidx)[0] - 23.9))
+        # the emulator's own path for valid rows: no per-call filter lookup
+        g = 10.0 ** (-0.4 * (emu._predict_valid(th, fidx)[0] - 23.9))
         if not np.all(np.isfinite(g)):
             return -1e300
         A = 10.0 ** (x[d] - prob.ref_mass)
